@@ -1,0 +1,119 @@
+"""The frozen configuration of one EmerDiff run: every hyperparameter of the method in one place.
+
+Defaults are the paper's values (Namekata et al., ICLR 2024) where the paper states them; the
+fields marked "our choice" are not stated in the paper (see METHOD.md) and are exposed so that
+they can be ablated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+OFFSET_PLACEMENTS = ("after_projection", "before_projection")
+FEATURE_NORMALIZATIONS = ("l2", "none")
+
+
+@dataclass(frozen=True)
+class EmerDiffConfig:
+    """Hyperparameters of EmerDiff. Frozen: derive variants with ``cfg.replace(field=value)``.
+
+    Attributes:
+        num_masks: K, the number of k-means clusters of the low-resolution features. The paper
+            varies 10-40 and finds little difference; 30 is our choice.
+        feature_timestep: t_f, the diffusion timestep at which features are read (paper: 1).
+        modulation_timestep: t_m, the timestep at which the feature map is modulated (paper: 281).
+            Must lie on the ``num_inference_steps`` schedule (981, 961, ..., 21, 1 for 50 steps).
+        modulation_strength: lambda, the size of the offset added to the masked region (paper: 10).
+        num_inference_steps: length of the DDPM schedule used for inversion and denoising (50).
+        feature_layer: diffusers module path of the layer whose ``to_q`` output is the feature,
+            or None to resolve it by structure (first cross-attention of the lowest-resolution
+            up block with cross-attention; see :func:`emerdiff_lab.resolve_layers`).
+        modulation_layer: module path of the modulated cross-attention layer, or None for the
+            third cross-attention of that block (our choice among the paper's three).
+        offset_placement: "after_projection" adds c*M after ``to_out`` (the paper's main
+            setting); "before_projection" adds it before (the paper's Figure 14 alternative).
+        attention_injection: replace the attention probabilities of every attention layer of the
+            modulated passes with those of the unmodulated pass at the same step (paper: on).
+        blur_sigma: standard deviation, in pixels of the model's input resolution, of the Gaussian
+            that smooths each difference map before the argmax (our choice: 4.0; 0 disables).
+        normalize_maps: divide every difference map by its own maximum before the argmax (our
+            option for the ablations; off by default, as in the paper).
+        feature_normalization: "l2" normalises each feature vector before k-means (our choice),
+            "none" clusters the raw query vectors.
+        prompt: text condition of every UNet call (paper: the empty prompt, no guidance).
+        seed: seeds the inversion noise, the feature-timestep noise and k-means.
+        batch_size: number of elements of one modulated-denoising UNet call, the unmodulated
+            reference included (so at least 2). None chooses it from free memory.
+        decode_batch_size: number of latents decoded by the VAE at once. None: automatic.
+    """
+
+    num_masks: int = 30
+    feature_timestep: int = 1
+    modulation_timestep: int = 281
+    modulation_strength: float = 10.0
+    num_inference_steps: int = 50
+    feature_layer: str | None = None
+    modulation_layer: str | None = None
+    offset_placement: str = "after_projection"
+    attention_injection: bool = True
+    blur_sigma: float = 4.0
+    normalize_maps: bool = False
+    feature_normalization: str = "l2"
+    prompt: str = ""
+    seed: int = 0
+    batch_size: int | None = None
+    decode_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _require_int("num_masks", self.num_masks, minimum=1)
+        _require_int("feature_timestep", self.feature_timestep, minimum=0)
+        _require_int("modulation_timestep", self.modulation_timestep, minimum=0)
+        _require_int("num_inference_steps", self.num_inference_steps, minimum=1)
+        _require_int("seed", self.seed, minimum=0)
+        if self.batch_size is not None:
+            _require_int("batch_size", self.batch_size, minimum=2,
+                         why="it counts the unmodulated reference too")
+        if self.decode_batch_size is not None:
+            _require_int("decode_batch_size", self.decode_batch_size, minimum=1)
+        if isinstance(self.modulation_strength, bool) or not isinstance(
+                self.modulation_strength, (int, float)):
+            raise ValueError(f"modulation_strength must be a number (lambda), got "
+                             f"{self.modulation_strength!r}")
+        if not isinstance(self.blur_sigma, (int, float)) or self.blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be a number >= 0 (pixels), got {self.blur_sigma!r}")
+        if self.offset_placement not in OFFSET_PLACEMENTS:
+            raise ValueError(f"offset_placement must be one of {OFFSET_PLACEMENTS}, got "
+                             f"{self.offset_placement!r}")
+        if self.feature_normalization not in FEATURE_NORMALIZATIONS:
+            raise ValueError(f"feature_normalization must be one of {FEATURE_NORMALIZATIONS}, got "
+                             f"{self.feature_normalization!r}")
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        for name in ("feature_layer", "modulation_layer"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be None or a module path such as "
+                                 f"'up_blocks.1.attentions.0.transformer_blocks.0.attn2', "
+                                 f"got {value!r}")
+
+    def replace(self, **changes) -> EmerDiffConfig:
+        """A copy with some fields changed (validated like the original)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown EmerDiffConfig field(s): {sorted(unknown)}; "
+                             f"fields are {[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EmerDiffConfig:
+        return cls().replace(**values)
+
+
+def _require_int(name: str, value, *, minimum: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{reason}, got {value!r}")

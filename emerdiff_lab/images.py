@@ -1,0 +1,161 @@
+"""Turning user images (paths, PIL, arrays, tensors) into the square tensors the model sees, and back.
+
+The model sees a square: the image is resized so that its shorter side is ``size`` pixels
+(bicubic, antialiased), then the centre ``size`` x ``size`` square is cropped. :class:`PreparedImage`
+remembers that geometry so that labels can be mapped back onto the original image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A model-ready image and the geometry that produced it.
+
+    Attributes:
+        pixels: (3, size, size) float32 in [0, 1].
+        original_size: (height, width) of the input before resizing.
+        crop_box: (top, left, height, width) of the square crop in original-pixel coordinates.
+    """
+
+    pixels: torch.Tensor
+    original_size: tuple[int, int]
+    crop_box: tuple[float, float, float, float]
+
+
+def load_image(src, size: int = 512) -> torch.Tensor:
+    """Any image -> (3, size, size) float32 in [0, 1] (resize shorter side, centre crop).
+
+    Args:
+        src: a file path; a PIL image; a numpy array (H, W), (H, W, 3) or (H, W, 4), uint8 or
+            float in [0, 1]; or a tensor (3, H, W), (1, H, W), (4, H, W) or (H, W) float in [0, 1].
+            Grayscale is replicated to RGB, alpha is dropped, EXIF orientation is honoured.
+        size: side of the output square in pixels.
+    """
+    return prepare_image(src, size).pixels
+
+
+def prepare_image(src, size: int = 512) -> PreparedImage:
+    """Like :func:`load_image`, also returning the geometry needed to map results back."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size must be a positive integer (pixels), got {size!r}")
+    pixels = _to_chw_float(src)
+    height, width = pixels.shape[-2:]
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        pixels = F.interpolate(pixels[None], size=(new_h, new_w), mode="bicubic",
+                               antialias=True, align_corners=False)[0].clamp(0, 1)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    pixels = pixels[:, top:top + size, left:left + size].contiguous()
+    crop_box = (top / scale, left / scale, size / scale, size / scale)
+    return PreparedImage(pixels, (int(height), int(width)), crop_box)
+
+
+def model_pixels(image, image_size: int | None = None) -> torch.Tensor:
+    """The (3, S, S) float32 the model sees: a square tensor of side S is taken as it is, anything
+    else goes through :func:`prepare_image` at ``image_size`` (default 512)."""
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3 \
+            and image.shape[1] == image.shape[2] and image_size in (None, image.shape[1]):
+        return prepare_image(image, image.shape[1]).pixels
+    return prepare_image(image, image_size or 512).pixels
+
+
+def labels_to_original(labels: torch.Tensor, prepared: PreparedImage) -> torch.Tensor:
+    """Maps model-resolution labels (size, size) onto the original image (H, W), int64.
+
+    The crop region gets the labels resized with nearest neighbour; pixels outside the centre crop
+    (the model never saw them) take the label of the nearest pixel of the crop.
+    """
+    height, width = prepared.original_size
+    top, left, crop_h, crop_w = prepared.crop_box
+    rows = ((torch.arange(height) + 0.5 - top) / crop_h * labels.shape[0]).floor().long()
+    cols = ((torch.arange(width) + 0.5 - left) / crop_w * labels.shape[1]).floor().long()
+    rows = rows.clamp(0, labels.shape[0] - 1).to(labels.device)
+    cols = cols.clamp(0, labels.shape[1] - 1).to(labels.device)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def _to_chw_float(src) -> torch.Tensor:
+    if isinstance(src, (str, Path)):
+        return _from_pil(_open(Path(src)))
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(src, Image.Image):
+        return _from_pil(src)
+    if isinstance(src, np.ndarray):
+        return _from_array(torch.from_numpy(np.ascontiguousarray(src)), channels_last=True)
+    if isinstance(src, torch.Tensor):
+        return _from_array(src.detach().cpu(), channels_last=False)
+    raise ValueError(f"image must be a path, PIL image, numpy array or torch tensor, "
+                     f"got {type(src).__name__}")
+
+
+def _open(path: Path):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.exists():
+        raise FileNotFoundError(f"image file not found: {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"image path {str(path)!r} is a directory; expected an image file")
+    if path.stat().st_size == 0:
+        raise OSError(f"image file {str(path)!r} is empty")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise OSError(f"cannot read image file {str(path)!r}: it is corrupt or not an image "
+                      f"({error})") from error
+
+
+def _from_pil(image) -> torch.Tensor:
+    if image.mode not in ("RGB", "L", "RGBA", "LA"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    array = np.asarray(image)
+    return _from_array(torch.from_numpy(array.copy()), channels_last=True)
+
+
+def _from_array(array: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
+    """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} -> (3, H, W) float32 in [0, 1]."""
+    if array.numel() == 0:
+        raise ValueError(f"image array is empty (shape {tuple(array.shape)})")
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3:
+        if channels_last:
+            array = array.permute(2, 0, 1)
+    else:
+        layout = "(H, W) or (H, W, C)" if channels_last else "(C, H, W) or (H, W)"
+        raise ValueError(f"image array must have shape {layout} with C in 1, 3, 4; "
+                         f"got rank {array.ndim} shape {tuple(array.shape)}")
+    if array.shape[0] not in (1, 2, 3, 4):
+        layout = "(H, W, C)" if channels_last else "(C, H, W)"
+        raise ValueError(f"image array must be {layout} with C in 1, 3 or 4 channels; "
+                         f"got shape {tuple(array.shape)}")
+    if array.shape[0] in (2, 4):  # drop alpha
+        array = array[:-1]
+    if array.shape[0] == 1:
+        array = array.expand(3, -1, -1)
+    if array.dtype == torch.uint8:
+        return array.float() / 255
+    if array.dtype == torch.bool or not torch.is_floating_point(array):
+        raise ValueError(f"image array must be uint8 (0-255) or float in [0, 1], "
+                         f"got dtype {array.dtype}")
+    array = array.float()
+    if not torch.isfinite(array).all():
+        raise ValueError("image array contains NaN or infinite values")
+    low, high = array.min().item(), array.max().item()
+    if low < 0 or high > 1:
+        raise ValueError(f"float image values must lie in [0, 1], got range [{low:.3g}, "
+                         f"{high:.3g}]; pass uint8 for 0-255 data")
+    return array.contiguous()

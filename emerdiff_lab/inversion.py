@@ -1,0 +1,173 @@
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024) of a real image.
+
+Every x_t is drawn independently as sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps_t, and the noise map of
+each step is the one that makes the DDPM step land exactly on the next stored latent:
+z_t = (x_{t-1} - mu_t(x_t)) / sigma_t. Denoising from any stored x_t with the stored z's then
+reproduces x_0 up to float error, which is what lets EmerDiff attribute every pixel change to its
+modulation. Because the x_t do not depend on each other, the noise predictions of all steps come
+from batched UNet calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import EmerDiffConfig
+from .images import model_pixels
+from .layers import check_image_size
+from .models import EmerDiffModel
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """A stored denoising trajectory that reproduces one image.
+
+    Attributes:
+        timesteps: (S,) int64, descending (e.g. 281, 261, ..., 1 when limited to t <= t_m).
+        latents: (S + 1, C, h, w) float32: the latent at each timestep, then x_0.
+        noise: (S, C, h, w) float32: the noise map of every step (the last one, t = 1 -> x_0,
+            included), so that ``step(latents[i], noise[i]) == latents[i + 1]``.
+        prompt_embeds: (1, tokens, width) text embeddings every UNet call is conditioned on.
+        image: (3, H, W) float32 in [0, 1], the image that was inverted.
+        num_inference_steps: length of the schedule the timesteps come from.
+    """
+
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    noise: torch.Tensor
+    prompt_embeds: torch.Tensor
+    image: torch.Tensor
+    num_inference_steps: int
+
+    def index_of(self, timestep: int) -> int:
+        """Position of ``timestep`` in ``timesteps``; ValueError if it is not stored."""
+        matches = (self.timesteps == int(timestep)).nonzero()
+        if len(matches) == 0:
+            raise ValueError(f"timestep {timestep} is not in this inversion; stored timesteps are "
+                             f"{self.timesteps.tolist()}")
+        return int(matches[0, 0])
+
+
+def schedule(model: EmerDiffModel, num_inference_steps: int) -> torch.Tensor:
+    """The descending timesteps (num_inference_steps,) int64 of the model's DDPM schedule."""
+    model.scheduler.set_timesteps(num_inference_steps)
+    return model.scheduler.timesteps.clone().long().cpu()
+
+
+def check_timestep(model: EmerDiffModel, timestep: int, num_inference_steps: int,
+                   argument: str) -> None:
+    """ValueError unless ``timestep`` lies on the ``num_inference_steps`` schedule."""
+    timesteps = schedule(model, num_inference_steps).tolist()
+    if timestep not in timesteps:
+        raise ValueError(f"{argument}={timestep} is not on the {num_inference_steps}-step "
+                         f"schedule; choose one of {timesteps}")
+
+
+def posterior_std(model: EmerDiffModel, timestep: int, num_inference_steps: int) -> float:
+    """sigma_t of the DDPM step from ``timestep`` to the previous one on the schedule (eta = 1).
+
+    The step before t = 1 uses the scheduler's final alpha-bar (alpha-bar at t = 0 for SD, since
+    ``set_alpha_to_one=False``), so this is about 0.02, never 0.
+    """
+    scheduler = model.scheduler
+    previous = timestep - scheduler.config.num_train_timesteps // num_inference_steps
+    alpha_bar = scheduler.alphas_cumprod[timestep].double()
+    alpha_bar_prev = (scheduler.alphas_cumprod[previous] if previous >= 0
+                      else scheduler.final_alpha_cumprod).double()
+    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
+    return float(variance.sqrt())
+
+
+def ddpm_step(model: EmerDiffModel, model_output: torch.Tensor, timestep: int,
+              latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One DDPM step x_t -> x_{t-1} = mu_t(x_t) + sigma_t * noise, float32, batched over dim 0.
+
+    ``model_output`` is the UNet's prediction (epsilon or v, by the scheduler's
+    ``prediction_type``); the diffusers DDIM scheduler with eta = 1 forms the DDPM posterior.
+    """
+    return model.scheduler.step(model_output.float(), int(timestep), latents.float(), eta=1.0,
+                                variance_noise=noise.float()).prev_sample
+
+
+@torch.no_grad()
+def unet_predict(model: EmerDiffModel, latents: torch.Tensor, timesteps: torch.Tensor,
+                 prompt_embeds: torch.Tensor) -> torch.Tensor:
+    """UNet output (B, C, h, w) float32 for latents (B, C, h, w) at per-element timesteps (B,)."""
+    embeds = prompt_embeds.expand(latents.shape[0], -1, -1)
+    out = model.unet(latents.to(model.device, model.dtype), timesteps.to(model.device),
+                     encoder_hidden_states=embeds).sample
+    return out.float()
+
+
+@torch.no_grad()
+def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
+           image_size: int | None = None, full_trajectory: bool = False,
+           batch_size: int | None = None, progress: bool = True) -> Inversion:
+    """Edit-friendly DDPM inversion of ``image``.
+
+    Args:
+        model: from :func:`emerdiff_lab.load_model`.
+        image: anything :func:`emerdiff_lab.load_image` takes; a (3, S, S) tensor is used as is.
+        cfg: supplies ``num_inference_steps``, ``modulation_timestep``, ``prompt`` and ``seed``.
+        image_size: side the image is brought to (default 512, or the tensor's own side).
+        full_trajectory: store all ``num_inference_steps`` steps; by default only the steps that
+            segmentation needs (t <= t_m: 15 of 50 for the paper's t_m = 281) are computed.
+        batch_size: UNet elements per call (default: ``cfg.batch_size`` or all steps at once).
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`Inversion`; latents are float32 on the model's device.
+    """
+    cfg = cfg or model.default_config
+    pixels = model_pixels(image, image_size)
+    check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor)
+    timesteps = schedule(model, cfg.num_inference_steps)
+    check_timestep(model, cfg.modulation_timestep, cfg.num_inference_steps, "modulation_timestep")
+    x0 = model.encode(pixels[None])[0]
+
+    # Noise for all steps is drawn first, so that a limited and a full inversion with the same
+    # seed agree on the steps they share.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    eps = torch.randn((len(timesteps), *x0.shape), generator=generator).to(x0.device)
+    keep = slice(0, None) if full_trajectory else \
+        slice(int((timesteps == cfg.modulation_timestep).nonzero()[0, 0]), None)
+    timesteps, eps = timesteps[keep], eps[keep]
+
+    alpha_bar = model.scheduler.alphas_cumprod[timesteps].to(x0.device).view(-1, 1, 1, 1)
+    noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps        # (S, C, h, w)
+    latents = torch.cat([noisy, x0[None]])                               # (S + 1, C, h, w)
+
+    prompt_embeds = model.prompt_embeds(cfg.prompt)
+    step = batch_size or cfg.batch_size or len(timesteps)
+    predictions = torch.cat([
+        unet_predict(model, noisy[i:i + step], timesteps[i:i + step], prompt_embeds)
+        for i in tqdm(range(0, len(timesteps), step), desc="inversion", disable=not progress,
+                      leave=False)])
+
+    noise = torch.empty_like(noisy)
+    for i, t in enumerate(timesteps.tolist()):
+        mean = ddpm_step(model, predictions[i:i + 1], t, noisy[i:i + 1],
+                         torch.zeros_like(noisy[i:i + 1]))[0]
+        noise[i] = (latents[i + 1] - mean) / posterior_std(model, t, cfg.num_inference_steps)
+    return Inversion(timesteps=timesteps, latents=latents, noise=noise,
+                     prompt_embeds=prompt_embeds, image=pixels.cpu(),
+                     num_inference_steps=cfg.num_inference_steps)
+
+
+@torch.no_grad()
+def reconstruct(model: EmerDiffModel, inversion: Inversion, start_timestep: int | None = None
+                ) -> torch.Tensor:
+    """Denoises from the stored latent at ``start_timestep`` (default: the first stored) with the
+    stored noise maps; returns the latents (S' + 1, C, h, w) visited, ending at x_0."""
+    start = 0 if start_timestep is None else inversion.index_of(start_timestep)
+    current = inversion.latents[start:start + 1]
+    visited = [current[0]]
+    for i in range(start, len(inversion.timesteps)):
+        t = int(inversion.timesteps[i])
+        prediction = unet_predict(model, current, torch.tensor([t]), inversion.prompt_embeds)
+        current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1])
+        visited.append(current[0])
+    return torch.stack(visited)

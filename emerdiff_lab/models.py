@@ -1,0 +1,247 @@
+"""Loading a diffusion model into the one object every EmerDiff function takes.
+
+One code path for every source: the offline ``"tiny"`` model, a Hugging Face hub id, a local
+diffusers folder, or a ``StableDiffusionPipeline`` the user already holds.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import EmerDiffConfig
+
+DEFAULT_MODEL_ID = "CompVis/stable-diffusion-v1-4"
+TINY_MODEL_ID = "tiny"
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+@dataclass(eq=False)
+class EmerDiffModel:
+    """A latent (or pixel-space) diffusion model ready for EmerDiff.
+
+    Attributes:
+        unet: the ``UNet2DConditionModel``.
+        vae: the ``AutoencoderKL``, or None for a pixel-space model (images are their own latents).
+        text_encoder, tokenizer: the CLIP text encoder and its tokenizer.
+        scheduler: a ``DDIMScheduler`` built from the model's own scheduler config. Stepped with
+            ``eta=1`` it is the DDPM sampler with SD's end condition (``set_alpha_to_one=False``).
+        device, dtype: where and in which precision the networks run. Scheduler arithmetic and
+            stored latents stay in float32.
+        default_config: the ``EmerDiffConfig`` that suits this model (the paper's values for SD).
+        model_id: where the weights came from ("tiny", a hub id or a folder).
+        revision: the hub revision asked for, if any.
+        random_weights: True when the weights are random (their output shows mechanics only).
+    """
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module | None
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    device: torch.device
+    dtype: torch.dtype
+    default_config: EmerDiffConfig = field(default_factory=EmerDiffConfig)
+    model_id: str = "unknown"
+    revision: str | None = None
+    random_weights: bool = False
+    _prompt_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along one side (8 for SD, 1 for a pixel-space model)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @torch.no_grad()
+    def prompt_embeds(self, prompt: str) -> torch.Tensor:
+        """Text embeddings of one prompt, (1, tokens, width), in the model's dtype; cached."""
+        if prompt not in self._prompt_cache:
+            ids = self.tokenizer(prompt, padding="max_length", truncation=True,
+                                 max_length=self.tokenizer.model_max_length,
+                                 return_tensors="pt").input_ids
+            embeds = self.text_encoder(ids.to(self.device))[0]
+            self._prompt_cache[prompt] = embeds.to(self.dtype)
+        return self._prompt_cache[prompt]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> latents (B, C, H/f, W/f) float32, scaled for the UNet.
+
+        Uses the mean of the VAE posterior, so that encoding is deterministic.
+        """
+        pixels = images.to(self.device, torch.float32) * 2 - 1
+        if self.vae is None:
+            return pixels
+        latents = self.vae.encode(pixels.to(self.dtype)).latent_dist.mean
+        return latents.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) -> images (B, 3, H, W) float32 clamped to [0, 1]."""
+        latents = latents.to(self.device, torch.float32)
+        if self.vae is None:
+            pixels = latents
+        else:
+            scaled = latents / self.vae.config.scaling_factor
+            pixels = self.vae.decode(scaled.to(self.dtype)).sample.float()
+        return ((pixels + 1) / 2).clamp(0, 1)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``"float16"``/``"bfloat16"``/``"float32"`` (or a torch dtype, or None = float32)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be one of {sorted(set(_DTYPES))} or a torch.dtype, "
+                     f"got {dtype!r}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """A torch device; None picks cuda, then mps, then cpu."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") \
+            from error
+
+
+def load_model(
+    model_id: str = DEFAULT_MODEL_ID,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    seed: int = 0,
+) -> EmerDiffModel:
+    """Loads a Stable Diffusion model (hub id or local diffusers folder) or the offline ``"tiny"``.
+
+    Args:
+        model_id: ``"tiny"`` (offline, random weights), a hub id such as
+            ``"CompVis/stable-diffusion-v1-4"`` or ``"stabilityai/stable-diffusion-2-1-base"``, or
+            the path of a folder written by ``StableDiffusionPipeline.save_pretrained``.
+        device: "cuda", "mps", "cpu"; None picks the best available.
+        dtype: "float32" (default), "float16" or "bfloat16".
+        revision, variant, token, cache_dir, local_files_only: passed to diffusers'
+            ``from_pretrained`` (``variant="fp16"`` picks half-precision weight files).
+        seed: weight seed of the tiny model (ignored for real weights).
+
+    Raises:
+        OSError: the weights cannot be had (no network, not cached, no such folder); the message
+            names the model and points to ``load_model("tiny")`` for an offline run.
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    if not isinstance(model_id, (str, Path)) or not str(model_id):
+        raise ValueError(f"model_id must be 'tiny', a hub id or a folder path, got {model_id!r}")
+    model_id = str(model_id)
+    if model_id == TINY_MODEL_ID:
+        return _load_tiny(device, dtype, seed)
+
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model_id, torch_dtype=dtype, revision=revision, variant=variant, token=token,
+            cache_dir=cache_dir, local_files_only=local_files_only,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    except Exception as error:  # hub, HTTP and file errors come in many types
+        raise OSError(
+            f"Could not load Stable Diffusion weights for {model_id!r}: "
+            f"{type(error).__name__}: {error}. The weights must be in the local Hugging Face "
+            f"cache, in a local diffusers folder, or downloadable. For an offline run without "
+            f"weights use emerdiff_lab.load_model('tiny') (random weights)."
+        ) from error
+    pipe.to(device)
+    return from_pipeline(pipe, model_id=model_id, revision=revision)
+
+
+def from_pipeline(pipe, *, model_id: str | None = None,
+                  revision: str | None = None) -> EmerDiffModel:
+    """Wraps a loaded diffusers ``StableDiffusionPipeline`` without changing it.
+
+    The pipeline keeps its own scheduler (EmerDiff builds a ``DDIMScheduler`` from its config)
+    and attention processors (EmerDiff installs its own only for the length of a call and restores
+    the pipeline's, attention slicing included). CPU offload is honoured: the model runs on the
+    pipeline's execution device.
+    """
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not hasattr(pipe, part):
+            raise ValueError(f"from_pipeline expects a diffusers StableDiffusionPipeline with a "
+                             f"{part!r} component; got {type(pipe).__name__}")
+    device = torch.device(getattr(pipe, "_execution_device", None) or pipe.device)
+    if model_id is None:
+        model_id = getattr(pipe.config, "_name_or_path", None) or "pipeline"
+    return EmerDiffModel(
+        unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        scheduler=ddpm_scheduler_from_config(pipe.scheduler.config), device=device,
+        dtype=pipe.unet.dtype, default_config=EmerDiffConfig(), model_id=str(model_id),
+        revision=revision, random_weights=False,
+    )
+
+
+def ddpm_scheduler_from_config(scheduler_config) -> object:
+    """A ``DDIMScheduler`` (stepped with eta=1: DDPM) from any SD scheduler config.
+
+    SD 1.4 ships a PNDM config whose 50-step timesteps repeat 961, and ``DDPMScheduler`` sets the
+    last step's alpha-bar to 1 (variance ~0, the last noise map explodes); the DDIM scheduler with
+    the config's own ``set_alpha_to_one`` has neither problem.
+    """
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(dict(scheduler_config))
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_components_cpu(seed: int) -> dict:
+    from .tiny import build_tiny_components
+
+    return build_tiny_components(seed)
+
+
+def _load_tiny(device: torch.device, dtype: torch.dtype, seed: int) -> EmerDiffModel:
+    import copy
+
+    parts = _tiny_components_cpu(seed)
+    # Copies, so that moving one loaded tiny model to a device or dtype never moves another.
+    unet, vae, text_encoder = (_moved(copy.deepcopy(parts[n]), device, dtype)
+                               for n in ("unet", "vae", "text_encoder"))
+    return EmerDiffModel(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=parts["tokenizer"],
+        scheduler=ddpm_scheduler_from_config(parts["scheduler_config"]), device=device,
+        dtype=dtype, default_config=EmerDiffConfig(num_masks=8), model_id=TINY_MODEL_ID,
+        random_weights=True,
+    )
+
+
+def _moved(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    module = module.to(device)
+    # diffusers warns on every dtype cast, even a no-op one: cast only when it changes something.
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)

@@ -1,0 +1,237 @@
+"""Stage 2: modulated denoising of a stored trajectory and the pixel-change maps it yields.
+
+At t_m the modulation layer's attention output gets an offset c * M on one low-resolution region
+M (c = +lambda or -lambda); denoising then runs to x_0 with the stored noise maps, attention
+probabilities injected from the unmodulated pass. Decoding both signs and taking the per-pixel
+RGB distance shows which pixels that region controls.
+
+Two paths compute the same thing:
+- batched (default): every region and sign of a chunk rides in one UNet call behind the
+  unmodulated reference (element 0), whose attention probabilities the others reuse;
+- reference: one region and one sign at a time, the reference pass run separately and its
+  probabilities recorded and replayed. Plain and slow; kept to check the batched path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import EmerDiffConfig
+from .features import layer_names
+from .inversion import Inversion, ddpm_step, reconstruct, unet_predict
+from .layers import layer_downsample
+from .models import EmerDiffModel
+from .processors import (INJECT_FROM_FIRST, INJECT_NONE, INJECT_RECORD, INJECT_REPLAY,
+                         AttentionControl, installed_processors)
+
+PATHS = ("batched", "reference")
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """The effect of modulating one low-resolution region.
+
+    Attributes:
+        plus, minus: (3, H, W) float32 in [0, 1], decoded after offsets +lambda and -lambda.
+        diff: (H, W) float32, raw (unblurred) per-pixel L2 distance over RGB of minus and plus.
+        reference: (3, H, W) float32 in [0, 1], the unmodulated reconstruction.
+        region: (h, w) bool, the modulated region.
+    """
+
+    plus: torch.Tensor
+    minus: torch.Tensor
+    diff: torch.Tensor
+    reference: torch.Tensor
+    region: torch.Tensor
+
+
+def region_grid_size(model: EmerDiffModel, inversion: Inversion,
+                     cfg: EmerDiffConfig) -> tuple[int, int]:
+    """(h, w) of the modulation layer's token grid, which every region must match."""
+    _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
+    stride = layer_downsample(model.unet, modulation_layer)
+    latent_h, latent_w = inversion.latents.shape[-2:]
+    return latent_h // stride, latent_w // stride
+
+
+@torch.no_grad()
+def perturb(model: EmerDiffModel, inversion: Inversion, region, cfg: EmerDiffConfig | None = None,
+            *, path: str = "batched") -> Perturbation:
+    """Modulates one region with +lambda and -lambda and decodes both results.
+
+    Args:
+        region: (h, w) bool (or 0/1) tensor on the modulation layer's grid (16x16 for SD at 512).
+        path: "batched" (both signs and the reference in one call) or "reference" (plain).
+    """
+    cfg = cfg or model.default_config
+    regions = _check_regions(model, inversion, cfg, torch.as_tensor(region)[None])
+    signs = torch.tensor([1.0, -1.0])
+    latents, reference = _modulated_latents(model, inversion, regions.repeat(2, 1, 1), signs, cfg,
+                                            path=path, progress=False)
+    plus, minus, reference = model.decode(torch.cat([latents, reference[None]])).cpu()
+    return Perturbation(plus=plus, minus=minus, diff=rgb_distance(plus, minus),
+                        reference=reference, region=regions[0].cpu())
+
+
+@torch.no_grad()
+def pixel_change_maps(model: EmerDiffModel, inversion: Inversion, lowres_labels: torch.Tensor,
+                      cfg: EmerDiffConfig | None = None, *, path: str = "batched",
+                      progress: bool = True) -> torch.Tensor:
+    """Raw pixel-change map of every low-resolution mask.
+
+    Args:
+        lowres_labels: (h, w) int64 in [0, K) from :func:`emerdiff_lab.kmeans_masks`.
+        path: "batched" (all masks and signs batched, ``cfg.batch_size`` per UNet call) or
+            "reference" (one mask, one sign at a time).
+
+    Returns:
+        (K, H, W) float32 on the CPU: for mask i, ||I_minus - I_plus||_2 over RGB per pixel.
+    """
+    cfg = cfg or model.default_config
+    if not isinstance(lowres_labels, torch.Tensor) or lowres_labels.ndim != 2 \
+            or lowres_labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError("lowres_labels must be an (h, w) integer tensor of mask ids")
+    num_masks = int(lowres_labels.max()) + 1
+    masks = torch.stack([lowres_labels == i for i in range(num_masks)])
+    regions = _check_regions(model, inversion, cfg, masks)
+    regions = regions.repeat_interleave(2, dim=0)                 # (2K, h, w): i+, i-, ...
+    signs = torch.tensor([1.0, -1.0]).repeat(num_masks)
+    latents, _ = _modulated_latents(model, inversion, regions, signs, cfg, path=path,
+                                    progress=progress)
+    return _decode_pair_distances(model, latents, cfg.decode_batch_size)
+
+
+def rgb_distance(plus: torch.Tensor, minus: torch.Tensor) -> torch.Tensor:
+    """Per-pixel L2 distance over RGB: (..., 3, H, W) x2 -> (..., H, W)."""
+    return (minus - plus).pow(2).sum(dim=-3).sqrt()
+
+
+def _decode_pair_distances(model: EmerDiffModel, latents: torch.Tensor,
+                           decode_batch_size: int | None) -> torch.Tensor:
+    """Latents (2K, C, h, w) ordered (+, -) per mask -> (K, H, W) distances, decoded in chunks."""
+    pairs_per_chunk = max(1, (decode_batch_size or 8) // 2)
+    maps = []
+    for start in range(0, latents.shape[0], 2 * pairs_per_chunk):
+        images = model.decode(latents[start:start + 2 * pairs_per_chunk])
+        maps.append(rgb_distance(images[0::2], images[1::2]).cpu())
+    return torch.cat(maps)
+
+
+def _check_regions(model, inversion, cfg, regions: torch.Tensor) -> torch.Tensor:
+    expected = region_grid_size(model, inversion, cfg)
+    if regions.ndim != 3 or tuple(regions.shape[1:]) != expected:
+        raise ValueError(f"region must be an (h, w) = {expected} mask on the modulation layer's "
+                         f"grid, got shape {tuple(regions.shape[1:])}")
+    if regions.dtype != torch.bool:
+        if not ((regions == 0) | (regions == 1)).all():
+            raise ValueError("region must be boolean or hold only 0 and 1")
+        regions = regions.bool()
+    return regions
+
+
+def _modulated_latents(model, inversion, regions, signs, cfg, *, path, progress):
+    """Final latents (N, C, h, w) of N modulated denoisings, and the reference's (C, h, w)."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
+    start = inversion.index_of(cfg.modulation_timestep)
+    # c * M per element, flattened row-major like the layer's tokens: (N, tokens, 1).
+    offsets = (signs.view(-1, 1, 1) * cfg.modulation_strength * regions.float().cpu())
+    offsets = offsets.reshape(len(signs), -1, 1).to(model.device)
+    if path == "reference":
+        results = [_denoise_plain(model, inversion, offsets[i:i + 1], modulation_layer, start, cfg)
+                   for i in tqdm(range(len(offsets)), desc="modulated denoising (reference)",
+                                 disable=not progress, leave=False)]
+        return torch.cat(results), _reconstruction_latent(model, inversion, start)
+    return _denoise_in_chunks(model, inversion, offsets, modulation_layer, start, cfg, progress)
+
+
+def _denoise_in_chunks(model, inversion, offsets, modulation_layer, start, cfg, progress):
+    per_call = cfg.batch_size or auto_batch_size(model, inversion, len(offsets))
+    while True:
+        try:
+            chunk = max(1, per_call - 1)  # one slot of every call is the reference
+            outputs, reference = [], None
+            for i in tqdm(range(0, len(offsets), chunk), desc="modulated denoising",
+                          disable=not progress, leave=False):
+                latents = _denoise_batched(model, inversion, offsets[i:i + chunk],
+                                           modulation_layer, start, cfg)
+                reference = latents[0]
+                outputs.append(latents[1:])
+            return torch.cat(outputs), reference
+        except _OUT_OF_MEMORY:
+            if cfg.batch_size is not None or per_call <= 2:
+                raise
+            per_call = max(2, per_call // 2)
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def _denoise_batched(model, inversion, offsets, modulation_layer, start, cfg):
+    """Denoises the reference plus len(offsets) modulated copies in one batch per step.
+
+    Returns latents (1 + n, C, h, w): element 0 is the unmodulated reference.
+    """
+    batch = offsets.shape[0] + 1
+    offsets = torch.cat([torch.zeros_like(offsets[:1]), offsets])
+    injection = INJECT_FROM_FIRST if cfg.attention_injection else INJECT_NONE
+    control = AttentionControl(offset_placement=cfg.offset_placement, injection=injection)
+    layers = None if cfg.attention_injection else [modulation_layer]
+    current = inversion.latents[start:start + 1].expand(batch, -1, -1, -1)
+    with installed_processors(model.unet, layers, control):
+        for i in range(start, len(inversion.timesteps)):
+            t = int(inversion.timesteps[i])
+            control.offsets = {modulation_layer: offsets} if i == start else {}
+            prediction = unet_predict(model, current, torch.full((batch,), t),
+                                      inversion.prompt_embeds)
+            current = ddpm_step(model, prediction, t, current,
+                                inversion.noise[i:i + 1].expand(batch, -1, -1, -1))
+    return current
+
+
+def _denoise_plain(model, inversion, offset, modulation_layer, start, cfg):
+    """One modulated denoising, the reference pass run beside it call by call: (1, C, h, w)."""
+    control = AttentionControl(offset_placement=cfg.offset_placement)
+    layers = None if cfg.attention_injection else [modulation_layer]
+    reference = inversion.latents[start:start + 1]
+    modulated = reference
+    with installed_processors(model.unet, layers, control):
+        for i in range(start, len(inversion.timesteps)):
+            t = torch.tensor([int(inversion.timesteps[i])])
+            noise = inversion.noise[i:i + 1]
+            if cfg.attention_injection:
+                control.offsets, control.injection = {}, INJECT_RECORD
+                prediction = unet_predict(model, reference, t, inversion.prompt_embeds)
+                reference = ddpm_step(model, prediction, int(t), reference, noise)
+                control.injection = INJECT_REPLAY
+            control.offsets = {modulation_layer: offset} if i == start else {}
+            prediction = unet_predict(model, modulated, t, inversion.prompt_embeds)
+            modulated = ddpm_step(model, prediction, int(t), modulated, noise)
+            control.recorded = {}
+    return modulated
+
+
+def _reconstruction_latent(model, inversion, start):
+    return reconstruct(model, inversion, int(inversion.timesteps[start]))[-1]
+
+
+def auto_batch_size(model: EmerDiffModel, inversion: Inversion, num_elements: int) -> int:
+    """Elements per modulated-denoising UNet call (reference included), from free memory.
+
+    A rough estimate of activation memory per element (scaled from the UNet's widest
+    full-resolution layer) against 60% of free CUDA memory; 16 elsewhere. An out-of-memory error
+    halves it and retries, so the estimate only has to be in the right range.
+    """
+    wanted = num_elements + 1
+    if model.device.type != "cuda":
+        return max(2, min(wanted, 16))
+    free, _ = torch.cuda.mem_get_info(model.device)
+    latent_cells = inversion.latents.shape[-2] * inversion.latents.shape[-1]
+    width = model.unet.config.block_out_channels[0]
+    bytes_per_value = torch.finfo(model.dtype).bits // 8
+    per_element = 64 * latent_cells * width * bytes_per_value
+    return max(2, min(wanted, int(0.6 * free) // per_element))

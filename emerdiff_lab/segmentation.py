@@ -1,0 +1,140 @@
+"""EmerDiff end to end: one call from an image to an image-resolution segmentation, with provenance."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .assembly import prepare_maps
+from .config import EmerDiffConfig
+from .features import extract_features, kmeans_masks, mask_embeddings
+from .images import labels_to_original, prepare_image
+from .inversion import invert
+from .models import EmerDiffModel
+from .modulation import pixel_change_maps
+
+_ARRAYS = ("labels", "model_labels", "lowres_labels", "diff_maps", "mask_embeddings")
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The result of :func:`segment`.
+
+    Attributes:
+        labels: (H, W) int64 in [0, num_masks): the segmentation at the input's original size
+            (or at model resolution when ``segment(..., original_size=False)``).
+        model_labels: (S, S) int64, the argmax at the model's input resolution.
+        lowres_labels: (h, w) int64, the k-means masks.
+        diff_maps: (K, S, S) float32, the blurred (and, if configured, normalised) pixel-change
+            maps that the argmax used.
+        mask_embeddings: (K, C) float32, the mean low-resolution feature of each mask.
+        config: the ``EmerDiffConfig`` used.
+        num_masks: masks found; fewer than ``config.num_masks`` when k-means had empty clusters
+            (a uniform image), which ``notes`` then says.
+        image_size: S, the model's input side in pixels.
+        provenance: model id, revision, whether the weights are random, package versions.
+        notes: human-readable remarks about this result.
+    """
+
+    labels: torch.Tensor
+    model_labels: torch.Tensor
+    lowres_labels: torch.Tensor
+    diff_maps: torch.Tensor
+    mask_embeddings: torch.Tensor
+    config: EmerDiffConfig
+    num_masks: int
+    image_size: int
+    provenance: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.provenance.get("random_weights", False))
+
+    def save(self, path: str | Path) -> Path:
+        """Writes ``path`` as .npz (arrays) plus a .json beside it (config and provenance)."""
+        path = Path(path).with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{name: getattr(self, name).cpu().numpy() for name in _ARRAYS})
+        meta = {"config": self.config.to_dict(), "num_masks": self.num_masks,
+                "image_size": self.image_size, "provenance": self.provenance,
+                "notes": list(self.notes)}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Segmentation:
+        """Reads a result written by :meth:`save`."""
+        path = Path(path).with_suffix(".npz")
+        if not path.exists() or not path.with_suffix(".json").exists():
+            raise FileNotFoundError(f"expected {path} and {path.with_suffix('.json')} written by "
+                                    f"Segmentation.save")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path) as arrays:
+            tensors = {name: torch.from_numpy(arrays[name]) for name in _ARRAYS}
+        return cls(**tensors, config=EmerDiffConfig.from_dict(meta["config"]),
+                   num_masks=meta["num_masks"], image_size=meta["image_size"],
+                   provenance=meta["provenance"], notes=tuple(meta["notes"]))
+
+
+def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
+            image_size: int = 512, original_size: bool = True, path: str = "batched",
+            progress: bool = True) -> Segmentation:
+    """Unsupervised image-resolution segmentation of ``image`` with EmerDiff.
+
+    Args:
+        model: from :func:`emerdiff_lab.load_model` or :func:`emerdiff_lab.from_pipeline`.
+        image: a path, PIL image, array or tensor (see :func:`emerdiff_lab.load_image`). The
+            model sees it resized (shorter side ``image_size``) and centre-cropped to a square.
+        cfg: hyperparameters; default ``model.default_config`` (the paper's values for SD).
+        image_size: side of the square the model sees; a multiple of 64 for SD.
+        original_size: return ``labels`` at the input's size (the crop undone: pixels outside
+            the crop take the nearest cropped pixel's label); False keeps model resolution.
+        path: "batched" (fast) or "reference" (one mask and sign at a time; for checking).
+        progress: show progress bars.
+    """
+    cfg = cfg or model.default_config
+    prepared = prepare_image(image, image_size)
+    pixels = prepared.pixels
+    features = extract_features(model, pixels, cfg)
+    lowres = kmeans_masks(features, k=cfg.num_masks, seed=cfg.seed,
+                          normalization=cfg.feature_normalization)
+    num_masks = int(lowres.max()) + 1
+    notes = []
+    if num_masks < cfg.num_masks:
+        notes.append(f"k-means found {num_masks} distinct masks, fewer than the {cfg.num_masks} "
+                     f"asked for (the features hold fewer distinct vectors)")
+    if model.random_weights:
+        notes.append(f"model {model.model_id!r} has random weights: the result shows the "
+                     f"method's mechanics, not semantics")
+    inversion = invert(model, pixels, cfg, progress=progress)
+    raw_maps = pixel_change_maps(model, inversion, lowres, cfg, path=path, progress=progress)
+    maps = prepare_maps(raw_maps, cfg.blur_sigma, cfg.normalize_maps)
+    model_labels = maps.argmax(dim=0)
+    labels = labels_to_original(model_labels, prepared) if original_size else model_labels
+    return Segmentation(
+        labels=labels.cpu(), model_labels=model_labels.cpu(), lowres_labels=lowres.cpu(),
+        diff_maps=maps.cpu(), mask_embeddings=mask_embeddings(features, lowres).cpu(),
+        config=cfg, num_masks=num_masks, image_size=image_size,
+        provenance=provenance(model), notes=tuple(notes))
+
+
+def provenance(model: EmerDiffModel) -> dict:
+    """Where a result came from: model id, revision, weights, dtype, device, package versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("emerdiff-lab", "torch", "diffusers", "transformers", "scikit-learn"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {"model_id": model.model_id, "revision": model.revision,
+            "random_weights": model.random_weights, "dtype": str(model.dtype).replace("torch.", ""),
+            "device": str(model.device), "python": platform.python_version(),
+            "versions": versions}
