@@ -85,7 +85,7 @@ def labels_to_original(labels: torch.Tensor, prepared: PreparedImage) -> torch.T
 
 def _to_chw_float(src) -> torch.Tensor:
     if isinstance(src, (str, Path)):
-        return _from_pil(_open(Path(src)))
+        return _from_pil(open_image(Path(src)))
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow is a dependency
@@ -100,7 +100,8 @@ def _to_chw_float(src) -> torch.Tensor:
                      f"got {type(src).__name__}")
 
 
-def _open(path: Path):
+def open_image(path: Path):
+    """Opens an image file with EXIF orientation applied; clear errors for missing or corrupt files."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.exists():

@@ -16,6 +16,7 @@ from .config import EmerDiffConfig
 
 DEFAULT_MODEL_ID = "CompVis/stable-diffusion-v1-4"
 TINY_MODEL_ID = "tiny"
+TOYWORLD_MODEL_ID = "toyworld"  # the project's own trained pixel-space model
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -163,6 +164,10 @@ def load_model(
     model_id = str(model_id)
     if model_id == TINY_MODEL_ID:
         return _load_tiny(device, dtype, seed)
+    if model_id == TOYWORLD_MODEL_ID:
+        from .toyworld import load_toyworld
+
+        return load_toyworld(device=device, dtype=dtype)
 
     from diffusers import StableDiffusionPipeline
 
