@@ -42,6 +42,13 @@ class Inversion:
     image: torch.Tensor
     num_inference_steps: int
 
+    def __post_init__(self) -> None:
+        steps = len(self.timesteps)
+        if self.latents.shape[0] != steps + 1 or self.noise.shape[0] != steps:
+            raise ValueError(f"an Inversion of {steps} timesteps needs {steps + 1} latents and "
+                             f"{steps} noise maps, got {self.latents.shape[0]} and "
+                             f"{self.noise.shape[0]}")
+
     def index_of(self, timestep: int) -> int:
         """Position of ``timestep`` in ``timesteps``; ValueError if it is not stored."""
         matches = (self.timesteps == int(timestep)).nonzero()

@@ -173,7 +173,7 @@ def load_model(
 
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            model_id, torch_dtype=dtype, revision=revision, variant=variant, token=token,
+            model_id, **{_dtype_keyword(): dtype}, revision=revision, variant=variant, token=token,
             cache_dir=cache_dir, local_files_only=local_files_only,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
@@ -186,6 +186,17 @@ def load_model(
         ) from error
     pipe.to(device)
     return from_pipeline(pipe, model_id=model_id, revision=revision)
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed from_pretrained's ``torch_dtype`` to ``dtype`` (0.36); use the one it has."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") \
+            else "torch_dtype"
+    except ImportError:  # older diffusers
+        return "torch_dtype"
 
 
 def from_pipeline(pipe, *, model_id: str | None = None,

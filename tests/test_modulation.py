@@ -1,0 +1,117 @@
+"""Modulated denoising: lambda = 0 is a no-op, the batched path equals the plain reference path,
+chunking changes nothing, and the UNet's own processors always come back."""
+
+import pytest
+import torch
+
+import emerdiff_lab as edl
+from emerdiff_lab.processors import AttentionControl, installed_processors
+
+
+@pytest.fixture(scope="module")
+def inversion(tiny_model):
+    image = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(5))
+    return edl.invert(tiny_model, image, tiny_model.default_config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def lowres():
+    # four masks on the tiny model's 4x4 grid at 128 px: quadrants
+    labels = torch.zeros(4, 4, dtype=torch.int64)
+    labels[:2, 2:], labels[2:, :2], labels[2:, 2:] = 1, 2, 3
+    return labels
+
+
+def test_perturbation_shapes_and_effect(tiny_model, inversion):
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[1:3, 1:3] = True
+    pert = edl.perturb(tiny_model, inversion, region, tiny_model.default_config)
+    assert pert.plus.shape == pert.minus.shape == pert.reference.shape == (3, 128, 128)
+    assert pert.diff.shape == (128, 128) and pert.diff.dtype == torch.float32
+    assert 0 <= pert.plus.min() and pert.plus.max() <= 1
+    assert pert.diff.max() > 1e-3  # the offset changes the image
+    assert torch.allclose(pert.diff, (pert.minus - pert.plus).norm(dim=0))
+
+
+@pytest.mark.parametrize("injection", [True, False])
+def test_zero_strength_changes_nothing(tiny_model, inversion, lowres, injection):
+    cfg = tiny_model.default_config.replace(modulation_strength=0.0,
+                                            attention_injection=injection)
+    maps = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, progress=False)
+    assert maps.shape == (4, 128, 128)
+    assert maps.abs().max() < 1e-5
+    pert = edl.perturb(tiny_model, inversion, lowres == 0, cfg)
+    reconstruction = tiny_model.decode(inversion.latents[-1:])[0].cpu()
+    assert (pert.plus - reconstruction).abs().max() < 1e-4
+    assert (pert.minus - reconstruction).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"attention_injection": False},
+    {"offset_placement": "before_projection"},
+])
+def test_batched_path_equals_reference_path(tiny_model, inversion, lowres, changes):
+    cfg = tiny_model.default_config.replace(**changes)
+    batched = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, progress=False)
+    plain = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, path="reference",
+                                  progress=False)
+    assert batched.abs().max() > 1e-3
+    assert (batched - plain).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 5])
+def test_chunking_changes_nothing(tiny_model, inversion, lowres, batch_size):
+    cfg = tiny_model.default_config
+    whole = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg.replace(batch_size=9),
+                                  progress=False)
+    chunked = edl.pixel_change_maps(tiny_model, inversion, lowres,
+                                    cfg.replace(batch_size=batch_size, decode_batch_size=3),
+                                    progress=False)
+    assert (whole - chunked).abs().max() < 1e-4
+
+
+def test_injection_and_placement_matter(tiny_model, inversion, lowres):
+    cfg = tiny_model.default_config
+    base = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, progress=False)
+    no_injection = edl.pixel_change_maps(
+        tiny_model, inversion, lowres, cfg.replace(attention_injection=False), progress=False)
+    before = edl.pixel_change_maps(
+        tiny_model, inversion, lowres, cfg.replace(offset_placement="before_projection"),
+        progress=False)
+    assert (base - no_injection).abs().max() > 1e-3
+    assert (base - before).abs().max() > 1e-3
+
+
+def test_processors_are_restored_after_an_exception(tiny_model, inversion):
+    unet = tiny_model.unet
+    before = dict(unet.attn_processors)
+    with pytest.raises(RuntimeError, match="boom"):
+        with installed_processors(unet, None, AttentionControl()):
+            assert all(p is not before[k] for k, p in unet.attn_processors.items())
+            raise RuntimeError("boom")
+    after = unet.attn_processors
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+
+    # an error raised inside the UNet mid-denoising: processors come back too
+    bad = torch.zeros(4, 4, dtype=torch.bool)
+    broken = inversion.__class__(**{**inversion.__dict__,
+                                    "prompt_embeds": torch.zeros(1, 77, 7)})  # wrong width
+    with pytest.raises(RuntimeError):
+        edl.perturb(tiny_model, broken, bad, tiny_model.default_config)
+    assert all(unet.attn_processors[k] is before[k] for k in before)
+
+
+@pytest.mark.parametrize("region, message", [
+    (torch.zeros(5, 5, dtype=torch.bool), r"\(4, 4\)"),
+    (torch.full((4, 4), 2), "only 0 and 1"),
+])
+def test_bad_regions_are_refused(tiny_model, inversion, region, message):
+    with pytest.raises(ValueError, match=message):
+        edl.perturb(tiny_model, inversion, region, tiny_model.default_config)
+
+
+def test_unknown_path_is_refused(tiny_model, inversion, lowres):
+    with pytest.raises(ValueError, match="path must be one of"):
+        edl.pixel_change_maps(tiny_model, inversion, lowres, path="fast")
