@@ -12,7 +12,7 @@ perturb one region of a 16x16 feature map during denoising and see which pixels 
 from .assembly import assemble, gaussian_blur, prepare_maps, upsample_bilinear
 from .config import EmerDiffConfig
 from .features import extract_features, kmeans_masks, mask_embeddings
-from .images import PreparedImage, load_image, prepare_image
+from .images import PreparedImage, load_image, prepare_image, sample_images
 from .inversion import Inversion, invert, reconstruct
 from .layers import resolve_layers
 from .models import EmerDiffModel, from_pipeline, load_model
@@ -26,5 +26,5 @@ __all__ = [
     "Segmentation", "assemble", "extract_features", "from_pipeline", "gaussian_blur", "invert",
     "kmeans_masks", "load_image", "load_model", "mask_embeddings", "perturb",
     "pixel_change_maps", "prepare_image", "prepare_maps", "reconstruct", "resolve_layers",
-    "segment", "upsample_bilinear",
+    "sample_images", "segment", "upsample_bilinear",
 ]

@@ -160,3 +160,10 @@ def _from_array(array: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
         raise ValueError(f"float image values must lie in [0, 1], got range [{low:.3g}, "
                          f"{high:.3g}]; pass uint8 for 0-255 data")
     return array.contiguous()
+
+
+def sample_images() -> dict[str, Path]:
+    """The photos bundled with the package (scikit-image's CC0 / public-domain samples, shorter
+    side 256 px): name -> path. See ``emerdiff_lab/assets/README.md`` for their sources."""
+    assets = Path(__file__).parent / "assets"
+    return {path.stem: path for path in sorted(assets.glob("*.jpg"))}

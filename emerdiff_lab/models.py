@@ -189,7 +189,7 @@ def load_model(
 
 
 def _dtype_keyword() -> str:
-    """diffusers renamed from_pretrained's ``torch_dtype`` to ``dtype`` (0.36); use the one it has."""
+    """Newer diffusers renamed from_pretrained's ``torch_dtype`` to ``dtype``: use the one it has."""
     try:
         from diffusers.utils import deprecation_utils
 
