@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import EmerDiffConfig
 
 # Subcommands that live in their own modules; each module has register(subparsers).
-SUBCOMMANDS: tuple[str, ...] = ("emerdiff_lab.figures",)
+SUBCOMMANDS: tuple[str, ...] = ("emerdiff_lab.figures", "emerdiff_lab.evaluation.cli")
 
 _FIELD_HELP = {
     "num_masks": "K, number of k-means masks (default: the model's; 30 for SD)",
