@@ -55,7 +55,7 @@ def _source(obj) -> tuple[str, bool]:
                      f"{type(obj).__name__}")
 
 
-def save_figure(fig, path: str | Path, model_or_result, *, table=None, dpi: int = 110) -> Path:
+def save_figure(fig, path: str | Path, model_or_result, *, table=None, dpi: int = 90) -> Path:
     """Writes ``fig`` as PNG (and ``table``, a pandas DataFrame, as CSV beside it).
 
     Raises:
@@ -276,7 +276,7 @@ def plot_pipeline(image, features, lowres_labels, reference, diff_maps, labels, 
 
     num_maps = max(1, min(num_maps, len(diff_maps)))
     cols = max(5, num_maps)
-    fig, axes = plt.subplots(2, cols, figsize=(2.5 * cols, 5.6))
+    fig, axes = plt.subplots(2, cols, figsize=(2.5 * cols, 6.4))
     show_image(axes[0, 0], image, "1. input")
     axes[0, 1].imshow(pca_rgb(features), interpolation="nearest")
     _clean(axes[0, 1], f"2. features {tuple(features.shape[:2])} PCA->RGB")
@@ -301,7 +301,7 @@ def plot_label_rows(rows, columns: list[str], *, model, title: str, cell: float 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(cell * len(columns),
-                                                               cell * len(rows) + 0.8),
+                                                               (cell + 0.3) * len(rows) + 0.8),
                              squeeze=False)
     for r, row in enumerate(rows):
         for c, (kind, data, image) in enumerate(row):

@@ -1,0 +1,252 @@
+"""The notebooks: committed clean, parameterised, and every one executes headlessly in quick mode.
+
+The quick run goes through ``emerdiff-lab figures --quick`` (papermill), with ../shared hidden so
+that it sees what a fresh clone sees; it fails on any cell error and on any figure not written.
+Also here: the plotting helpers the notebooks use, and the figures runner's error reporting.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from emerdiff_lab import figures, plotting
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+PARAMETERS = ("model", "device", "dtype", "image_paths", "data_dir", "image_size", "num_masks",
+              "out_dir", "quick", "seed")
+
+
+def _read(name):
+    return nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+
+
+def _parameters_cell(nb):
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
+    return tagged[0]
+
+
+# ------------------------------------------------------------------------ committed notebooks
+def test_every_listed_notebook_exists_and_nothing_else():
+    on_disk = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
+    assert on_disk == sorted(figures.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", list(figures.NOTEBOOKS))
+def test_notebook_is_committed_without_outputs(name):
+    nb = _read(name)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{name}: a code cell has outputs"
+            assert cell.execution_count is None, f"{name}: a code cell has an execution count"
+
+
+@pytest.mark.parametrize("name", list(figures.NOTEBOOKS))
+def test_parameters_cell_defines_every_parameter(name):
+    nb = _read(name)
+    namespace = {}
+    exec(_parameters_cell(nb).source, namespace)  # noqa: S102 - our own committed notebook
+    missing = [p for p in PARAMETERS if p not in namespace]
+    assert not missing, f"{name}: parameters cell lacks {missing}"
+    assert namespace["model"] == "tiny", "notebooks must default to the offline model"
+    assert set(figures.notebook_parameters(out_dir="x")) == set(PARAMETERS)
+
+
+@pytest.mark.parametrize("name", list(figures.NOTEBOOKS))
+def test_notebook_writes_what_the_runner_expects(name):
+    source = "\n".join(c.source for c in _read(name).cells)
+    for figure in figures.NOTEBOOKS[name]:
+        if figure.endswith(".png"):
+            assert f'"{figure}"' in source, f"{name} never saves {figure}"
+
+
+# ---------------------------------------------------------------------------- the quick run
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, monkeypatch_module):
+    """``emerdiff-lab figures --quick`` into a temporary folder, ../shared hidden."""
+    from emerdiff_lab.cli import main
+
+    out = tmp_path_factory.mktemp("figures")
+    monkeypatch_module.setenv("EMERDIFF_SHARED", str(out / "no-shared-here"))
+    code = main(["figures", "--quick", "--out", str(out), "--device", "cpu"])
+    return code, out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.slow
+def test_quick_run_executes_every_notebook_without_error(quick_run):
+    code, out = quick_run
+    timings = (out / "executed" / "timings.csv").read_text()
+    assert code == 0, f"figures --quick failed:\n{timings}"
+    for name in figures.NOTEBOOKS:
+        executed = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
+        errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                  if o.output_type == "error"]
+        assert not errors, f"{name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_figure(quick_run):
+    _, out = quick_run
+    from PIL import Image
+
+    for name, files in figures.NOTEBOOKS.items():
+        for file in files:
+            path = out / file
+            assert path.is_file(), f"{name} did not write {file}"
+            if file.endswith(".png"):
+                with Image.open(path) as image:
+                    assert min(image.size) > 100, f"{file} is suspiciously small: {image.size}"
+                    assert np.asarray(image.convert("L")).std() > 5, f"{file} is blank"
+
+
+@pytest.mark.slow
+def test_quick_run_stays_within_quick_limits_and_says_random_weights(quick_run):
+    _, out = quick_run
+    for name in figures.NOTEBOOKS:
+        executed = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
+        text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
+                       for o in c.outputs)
+        assert "128 px; K=8; quick=True" in text, f"{name} did not run in quick mode"
+        assert "random weights" in text.lower()
+        assert "generated toyworld scenes" in text, f"{name} saw ../shared despite it hidden"
+
+
+@pytest.mark.slow
+def test_quick_run_csvs_hold_the_plotted_numbers(quick_run):
+    _, out = quick_run
+    with open(out / "fig4_miou.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["method"] for r in rows} == {"bilinear upsampling", "EmerDiff"}
+    assert all(0.0 <= float(r["miou"]) <= 1.0 for r in rows)
+    with open(out / "ablations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    ablations = {r["ablation"] for r in rows}
+    for table in ("T4", "T5", "T6", "T7", "T8", "T9", "F14"):
+        assert any(table in a for a in ablations), f"ablations.csv lacks {table}"
+    assert {r["value"] for r in rows if "T9" in r["ablation"]} == {"on", "off"}
+    with open(out / "fig8_failures.csv") as handle:
+        kinds = {r["kind"] for r in csv.DictReader(handle)}
+    assert "small part" in kinds and "large region" in kinds
+
+
+# ------------------------------------------------------------------------------ the runner
+def test_runner_reports_a_failing_notebook(tmp_path):
+    """A notebook that raises makes the run fail with the error named (tests can fail)."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell('out_dir = "."')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("raise RuntimeError('boom in a cell')")]
+    nbformat.write(nb, notebooks / "01_quickstart.ipynb")
+    from emerdiff_lab.cli import main
+
+    code = main(["figures", "--notebooks", str(notebooks), "--out", str(tmp_path / "out"),
+                 "--only", "01"])
+    assert code == 1
+    executed = nbformat.read(tmp_path / "out" / "executed" / "01_quickstart.ipynb", as_version=4)
+    assert "boom in a cell" in json.dumps(executed.cells[-1].outputs)
+
+
+def test_runner_rejects_unknown_notebook_names(capsys):
+    from emerdiff_lab.cli import main
+
+    assert main(["figures", "--only", "99_nothing", "--out", "/tmp/unused"]) == 1
+    assert "no notebook matches" in capsys.readouterr().err
+
+
+def test_figures_is_a_registered_subcommand():
+    from emerdiff_lab.cli import build_parser
+
+    args = build_parser().parse_args(["figures", "--model", "CompVis/stable-diffusion-v1-4",
+                                      "--device", "cuda", "--full"])
+    assert args.quick is False and args.model == "CompVis/stable-diffusion-v1-4"
+    assert build_parser().parse_args(["figures"]).quick is None  # decided from model/device
+
+
+# ---------------------------------------------------------------------------- data helpers
+def test_scene_examples_have_exact_labels_at_the_asked_size():
+    examples = figures.scene_examples(96, 2)
+    assert [e.name for e in examples] == ["scene0", "scene1"]
+    for example in examples:
+        assert example.image.shape == (3, 96, 96) and example.labels.shape == (96, 96)
+        assert example.labels.dtype == torch.int64 and int(example.labels.min()) >= 0
+
+
+def test_resize_labels_crops_the_centre_square_like_the_image():
+    labels = torch.zeros(4, 8, dtype=torch.int64)
+    labels[:, 2:6] = 1                      # the centre square is all 1
+    assert (figures.resize_labels(labels, 2) == 1).all()
+
+
+def test_voc_examples_read_labels(voc14):
+    example = figures.voc_examples(voc14, 64, 1)[0]
+    assert example.image.shape == (3, 64, 64)
+    values = set(example.labels.unique().tolist())
+    assert values <= set(range(21)) | {255}
+
+
+def test_failure_stats_find_a_missed_small_part_and_a_split_region():
+    gt = torch.zeros(20, 20, dtype=torch.int64)
+    gt[10:, :] = 1                          # large region, split in two by the prediction
+    gt[2:4, 2:4] = 2                        # small part (1% of the image), never predicted
+    pred = torch.zeros(20, 20, dtype=torch.int64)
+    pred[10:, :10], pred[10:, 10:] = 1, 2
+    stats = {s["class"]: s for s in figures.failure_stats(pred, gt)}
+    assert stats[2]["kind"] == "small part" and stats[2]["best_iou"] < 0.1
+    assert stats[1]["kind"] == "large region" and stats[1]["segments_inside"] == 2
+
+
+# ---------------------------------------------------------------------------- plotting
+def test_save_figure_refuses_a_random_weight_figure_without_the_tag(tmp_path, tiny_model):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.set_title("looks like a result")
+    with pytest.raises(ValueError, match="random weights"):
+        plotting.save_figure(fig, tmp_path / "x.png", tiny_model)
+    plotting.suptitle(fig, "looks like a result", tiny_model)
+    assert plotting.save_figure(fig, tmp_path / "x.png", tiny_model).is_file()
+    assert "RANDOM WEIGHTS" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_model_tag_separates_random_from_real_weights():
+    assert "RANDOM WEIGHTS" in plotting.model_tag({"model_id": "tiny", "random_weights": True})
+    real = plotting.model_tag({"model_id": "CompVis/stable-diffusion-v1-4",
+                               "random_weights": False})
+    assert real == "CompVis/stable-diffusion-v1-4"
+
+
+def test_pca_rgb_is_in_range_and_separates_distinct_features():
+    features = torch.zeros(4, 4, 16)
+    features[:2, :, 0] = 1.0                 # two groups of identical vectors
+    rgb = plotting.pca_rgb(features)
+    assert rgb.shape == (4, 4, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    assert not np.allclose(rgb[0, 0], rgb[3, 3]) and np.allclose(rgb[0, 0], rgb[1, 3])
+
+
+def test_heatmap_and_grid_images():
+    heat = plotting.heatmap_rgb(torch.arange(16.0).view(4, 4))
+    assert heat.shape == (4, 4, 3) and heat.dtype == np.uint8
+    assert not (heat[0, 0] == heat[3, 3]).all()
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[0, 0] = True
+    plain = plotting.grid_image(torch.full((3, 32, 32), 0.5), (4, 4), display_size=64)
+    marked = plotting.grid_image(torch.full((3, 32, 32), 0.5), (4, 4), region, display_size=64)
+    assert plain.shape == (64, 64, 3)
+    assert (plain[:16, :16] != marked[:16, :16]).any() and (plain[40:, 40:] == marked[40:, 40:]).all()

@@ -1,0 +1,130 @@
+"""The perturbation explorer, driven from code: a control change redraws the difference map, a
+revisited setting comes from the cache without recomputing, and cached results are correct."""
+
+import pytest
+import torch
+
+import emerdiff_lab as edl
+from emerdiff_lab import widgets
+
+pytest.importorskip("ipywidgets")
+
+
+@pytest.fixture(scope="module")
+def session(tiny_model):
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 128, 128, generator=generator) * 0.2
+    image[:, 30:90, 40:100] += torch.tensor([0.7, 0.3, 0.1]).view(3, 1, 1)
+    cfg = tiny_model.default_config.replace(num_masks=4)
+    return widgets.PerturbationSession(tiny_model, image.clamp(0, 1), cfg, image_size=128)
+
+
+@pytest.fixture
+def explorer(session):
+    return widgets.Explorer(session)
+
+
+def test_session_prepares_grid_masks_and_full_schedule(session):
+    assert session.grid == (4, 4)                       # tiny model at 128 px
+    assert session.lowres.shape == (4, 4) and session.num_masks <= 4
+    assert 281 in session.timesteps and 981 in session.timesteps
+    assert len(session.layers) == 3 and session.default_layer == session.layers[2]
+
+
+@pytest.mark.parametrize("control, value", [
+    ("row", 0), ("col", 0), ("strength", 100.0), ("timestep", 481), ("injection", False),
+    ("placement", "before_projection")])
+def test_setting_a_control_changes_the_displayed_map(explorer, control, value):
+    before = explorer.diff_view.value
+    updates = explorer.updates
+    getattr(explorer, control).value = value
+    assert explorer.updates == updates + 1
+    assert explorer.diff_view.value != before, f"changing {control} left the map unchanged"
+
+
+def test_layer_control_changes_the_map(explorer, session):
+    before = explorer.diff_view.value
+    explorer.layer.value = session.layers[0]
+    assert explorer.diff_view.value != before
+
+
+def test_revisiting_a_setting_hits_the_cache_and_does_not_recompute(explorer, session,
+                                                                    monkeypatch):
+    start = explorer.diff_view.value
+    explorer.row.value = 1
+    explorer.row.value = 3
+    misses = session.misses
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a revisited setting was recomputed")
+
+    monkeypatch.setattr("emerdiff_lab.modulation.perturb", no_compute)
+    hits = session.hits
+    explorer.row.value = 1
+    explorer.row.value = 2                               # the starting cell
+    assert session.hits >= hits + 2 and session.misses == misses
+    assert explorer.diff_view.value == start
+    assert "from cache" in explorer.status.value
+
+
+def test_cached_result_equals_a_fresh_perturbation(session, tiny_model):
+    region = session.cell_region(1, 2)
+    cached = session.perturbation(region, strength=5.0, timestep=381, injection=False)
+    cfg = session.cfg.replace(modulation_strength=5.0, modulation_timestep=381,
+                              attention_injection=False, modulation_layer=session.default_layer)
+    fresh = edl.perturb(tiny_model, session.inversion, region, cfg)
+    torch.testing.assert_close(cached.diff, fresh.diff)
+    assert session.perturbation(region, strength=5.0, timestep=381, injection=False) is cached
+
+
+def test_clicking_a_cell_selects_it(explorer, session):
+    before = explorer.image_view.value
+    index = 0 * session.grid[1] + 3
+    explorer._buttons[index].click()
+    assert (explorer.row.value, explorer.col.value) == (0, 3)
+    assert explorer.image_view.value != before
+    assert torch.equal(explorer.region(), session.cell_region(0, 3))
+
+
+def test_mask_mode_modulates_the_whole_mask(explorer, session):
+    explorer.mode.value = "mask"
+    assert explorer.mask.value == int(session.lowres[explorer.row.value, explorer.col.value])
+    assert torch.equal(explorer.region(), session.lowres == explorer.mask.value)
+    if session.num_masks > 1:
+        before = explorer.diff_view.value
+        explorer.mask.value = (explorer.mask.value + 1) % session.num_masks
+        assert explorer.diff_view.value != before
+
+
+def test_cache_evicts_least_recently_used(tiny_model, session):
+    small = widgets.PerturbationSession.__new__(widgets.PerturbationSession)
+    small.__dict__.update(session.__dict__)
+    small._cache, small.max_entries, small.hits, small.misses = type(session._cache)(), 2, 0, 0
+    for col in range(3):
+        small.perturbation(small.cell_region(0, col))
+    assert small.cache_info()["entries"] == 2
+    assert not small.is_cached(small.setting(small.cell_region(0, 0)))
+    assert small.is_cached(small.setting(small.cell_region(0, 2)))
+
+
+def test_bad_inputs_say_what_is_expected(session):
+    with pytest.raises(ValueError, match="not on the schedule"):
+        session.perturbation(session.cell_region(0, 0), timestep=280)
+    with pytest.raises(ValueError, match="outside"):
+        session.cell_region(9, 0)
+    with pytest.raises(ValueError, match="region must be"):
+        session.perturbation(torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_status_and_snapshot_say_random_weights(explorer):
+    import matplotlib.pyplot as plt
+
+    assert "RANDOM WEIGHTS" in explorer.status.value
+    fig = explorer.snapshot()
+    assert "RANDOM WEIGHTS" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_open_explorer_is_one_line(tiny_model):
+    explorer = widgets.open_explorer(tiny_model, image_size=128, display=False)
+    assert explorer.diff_view.value and explorer.session.image.shape == (3, 128, 128)
