@@ -187,6 +187,7 @@ class Explorer:
         self.minus_view = w.Image(format="png")
         self.diff_view = w.Image(format="png")
         self.status = w.HTML()
+        self.status.add_class("edl-status")
         for view, css in ((self.image_view, "edl-image"), (self.plus_view, "edl-plus"),
                           (self.minus_view, "edl-minus"), (self.diff_view, "edl-diff")):
             view.add_class(css)
