@@ -55,10 +55,8 @@ def register(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from .datasets import open_dataset
-    from .runner import evaluate
+    from .runner import evaluate, make_state
 
     names = None
     if args.class_names is not None:
@@ -69,7 +67,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.root, split=args.split,
                            ignore_index=args.ignore_index, num_classes=args.num_classes,
                            class_names=names)
-    state = PartialState()
+    state = make_state(args.device)
     if args.device is None:
         # Under accelerate/torchrun each process owns one device (cuda:LOCAL_RANK or cpu).
         args.device = str(state.device)

@@ -120,6 +120,21 @@ def _check_run_file(out: Path, fingerprint: dict, open_vocab: bool) -> None:
     path.write_text(json.dumps(fingerprint, indent=2))
 
 
+def make_state(device: str | None = None):
+    """``accelerate.PartialState`` for this process, also on machines without an accelerator.
+
+    Under ``torchrun``/``accelerate launch`` without a GPU, ``PartialState()`` alone ignores
+    WORLD_SIZE and every process would believe it is alone (and compute every image), so CPU
+    runs ask for the gloo CPU backend explicitly.
+    """
+    import torch
+    from accelerate import PartialState
+
+    has_accelerator = (torch.accelerator.is_available() if hasattr(torch, "accelerator")
+                       else torch.cuda.is_available())
+    return PartialState(cpu=(device == "cpu") or not has_accelerator)
+
+
 def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
              image_size: int = 512, protocols: Sequence[str] = ("hungarian", "modified",
                                                                "traditional"),
@@ -139,13 +154,12 @@ def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
         clip: a :class:`~emerdiff_lab.evaluation.openvocab.DenseCLIP`, required by "open-vocab".
         clip_id: the CLIP model's name, recorded in run.json.
         progress: tqdm bar with ETA on the main process.
-        state: an ``accelerate.PartialState`` (default: a new one, which reads torchrun /
-            accelerate launch environment variables).
+        state: an ``accelerate.PartialState`` (default: :func:`make_state`, which reads the
+            torchrun / accelerate launch environment variables).
 
     Returns:
         The summary dict (also written to OUT/summary.json) on the main process, None elsewhere.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
@@ -162,7 +176,7 @@ def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
     if open_vocab and not dataset.class_names:
         raise ValueError(f"the open-vocab protocol needs class names; dataset {dataset.name!r} "
                          f"has none (pass --class-names FILE for a folder dataset)")
-    state = state or PartialState()
+    state = state or make_state(str(model.device))
     out = Path(out)
     fingerprint = _fingerprint(model, dataset, cfg, image_size, clip_id,
                                getattr(clip, "input_size", None))
