@@ -5,8 +5,8 @@ resolution 64 -> 32 -> 16 -> 8 with plain residual blocks at 64 and 32, transfor
 (self- and cross-attention) at 16 (down and up) and in the 8x8 middle block. The lowest-resolution up block
 with cross-attention is therefore the 16x16 one, so EmerDiff reads and modulates 16x16 features
 (4x4-pixel cells), the same cell-to-image ratio as SD's 16x16 layers at 64x64 latents.
-Conditioning is fixed: the empty prompt through a small seeded CLIP text encoder, whose weights
-ship in the same file as the UNet so that nothing depends on a random-number stream.
+Conditioning is fixed: the empty prompt's embedding from a small seeded CLIP text encoder, computed
+once for training and stored in the weight file (the loaded model's text encoder returns it).
 """
 
 from __future__ import annotations
@@ -90,15 +90,46 @@ def build_text_encoder(seed: int = 0):
 @torch.no_grad()
 def null_embedding(text_encoder, tokenizer) -> torch.Tensor:
     """(1, 77, 32) float32: the embedding of the empty prompt, the model's only condition."""
-    ids = tokenizer("", padding="max_length", truncation=True,
-                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    return text_encoder(ids)[0].float()
+    return text_encoder(null_ids(tokenizer))[0].float()
 
 
-def state_dict_for_saving(unet, text_encoder) -> dict:
-    """Both networks' weights in one flat float16 dict (keys prefixed ``unet.`` and ``text.``)."""
+class NullTextEncoder(torch.nn.Module):
+    """A text encoder with one output: the stored empty-prompt embedding (ToyWorld is unconditional).
+
+    Called like a transformers text model: ``encoder(input_ids)[0]`` is (B, 77, 32). Any ids other
+    than the empty prompt's raise ValueError, so a prompt is never silently ignored. Storing the
+    embedding itself (5 KB) instead of a CLIP model keeps the weight file under 8 MB and the
+    condition independent of any random-number stream.
+    """
+
+    def __init__(self, embedding: torch.Tensor, null_ids: torch.Tensor):
+        super().__init__()
+        if embedding.ndim != 3 or embedding.shape[0] != 1 or null_ids.shape != (1, embedding.shape[1]):
+            raise ValueError(f"expected a (1, T, C) embedding and (1, T) ids, got "
+                             f"{tuple(embedding.shape)} and {tuple(null_ids.shape)}")
+        # A parameter, not a buffer, so that device/dtype moves and ``parameters()`` see it.
+        self.embedding = torch.nn.Parameter(embedding.clone(), requires_grad=False)
+        self.register_buffer("null_ids", null_ids.clone().long())
+
+    def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor]:
+        if not torch.equal(input_ids.to(self.null_ids.device),
+                           self.null_ids.expand(input_ids.shape[0], -1)):
+            raise ValueError("the ToyWorld model is unconditional: it was trained on the empty "
+                             "prompt only; use prompt=''")
+        return (self.embedding.expand(input_ids.shape[0], -1, -1),)
+
+
+def null_ids(tokenizer) -> torch.Tensor:
+    """(1, 77) int64 token ids of the empty prompt."""
+    return tokenizer("", padding="max_length", truncation=True,
+                     max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+
+def state_dict_for_saving(unet, context: torch.Tensor) -> dict:
+    """The UNet's weights (keys ``unet.*``) and the (1, 77, 32) condition (``null_embedding``),
+    float16, in one flat dict for safetensors."""
     tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    tensors.update({f"text.{k}": v for k, v in text_encoder.state_dict().items()})
+    tensors["null_embedding"] = context
     return {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
 
 
@@ -106,20 +137,24 @@ def state_dict_for_saving(unet, text_encoder) -> dict:
 def _components_cpu(path: str) -> tuple:
     from safetensors.torch import load_file
 
+    from ..tiny import _byte_level_clip_tokenizer
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"ToyWorld weights not found at {path}; they ship with the "
                                 f"package (emerdiff_lab/weights/toyworld.safetensors) or are "
                                 f"written by scripts/train_toyworld.py --export")
     tensors = load_file(path)
+    if "null_embedding" not in tensors:
+        raise ValueError(f"{path} holds no 'null_embedding': not a ToyWorld weight file")
     unet = build_unet()
-    text_encoder, tokenizer = build_text_encoder()
-    for prefix, module in (("unet.", unet), ("text.", text_encoder)):
-        part = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(part, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path} does not match the ToyWorld architecture: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]} ({prefix[:-1]})")
+    part = {k[len("unet."):]: v.float() for k, v in tensors.items() if k.startswith("unet.")}
+    missing, unexpected = unet.load_state_dict(part, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the ToyWorld architecture: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
     unet.eval().requires_grad_(False)
+    tokenizer = _byte_level_clip_tokenizer()
+    text_encoder = NullTextEncoder(tensors["null_embedding"].float(), null_ids(tokenizer))
     return unet, text_encoder, tokenizer
 
 
@@ -132,8 +167,8 @@ def load_toyworld(device="cpu", dtype=torch.float32, *, weights: str | Path | No
         weights: a safetensors file written by ``scripts/train_toyworld.py``; default the
             packaged ``emerdiff_lab/weights/toyworld.safetensors``.
         random_weights: build the same architecture with seeded random UNet weights instead (the
-            evaluation's control). The text encoder is the trained file's, when it exists, so
-            that both models see the same condition.
+            evaluation's control); the condition is still the weight file's, so that both models
+            see the same one.
         seed: UNet weight seed when ``random_weights``.
     """
     import copy
@@ -142,13 +177,11 @@ def load_toyworld(device="cpu", dtype=torch.float32, *, weights: str | Path | No
                           resolve_device, resolve_dtype)
 
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    unet, text_encoder, tokenizer = _components_cpu(str(weights or WEIGHTS_PATH))
+    # Copies, so that moving one loaded model to a device or dtype never moves another.
+    unet, text_encoder = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     if random_weights:
         unet = build_unet(seed).eval().requires_grad_(False)
-        text_encoder, tokenizer = build_text_encoder()
-    else:
-        unet, text_encoder, tokenizer = _components_cpu(str(weights or WEIGHTS_PATH))
-        # Copies, so that moving one loaded model to a device or dtype never moves another.
-        unet, text_encoder = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     return EmerDiffModel(
         unet=_moved(unet, device, dtype), vae=None,
         text_encoder=_moved(text_encoder, device, dtype), tokenizer=tokenizer,

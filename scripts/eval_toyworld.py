@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Held-out evaluation of EmerDiff on ToyWorld: trained model vs a random-weight control.
+
+    # the table of the model card (test scenes; writes the recorded numbers the CI test checks)
+    OMP_NUM_THREADS=1 python scripts/eval_toyworld.py table --n 16 --record
+    # settings search on separate validation scenes (never the test scenes)
+    OMP_NUM_THREADS=1 python scripts/eval_toyworld.py sweep --n 4
+
+Scores are per-image Hungarian mIoU (emerdiff_lab.evaluation.metrics.hungarian_miou) against the
+scenes' exact class maps, averaged over scenes, with the standard error over scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emerdiff_lab.toyworld.evaluation import (METHODS, VALIDATION_SEED_START, evaluate,
+                                              heldout_scenes, nearest_upsample)
+from emerdiff_lab.toyworld.model import WEIGHTS_PATH, load_toyworld
+
+RECORDED_PATH = Path(__file__).resolve().parents[1] / "emerdiff_lab" / "toyworld" / \
+    "recorded_eval.json"
+LABELS = {"masks": "k-means masks (nearest)", "naive": "naive bilinear upsampling",
+          "emerdiff": "EmerDiff", "emerdiff_norm": "EmerDiff, maps / own max"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def models(weights: Path, control_seed: int) -> dict:
+    return {"trained": load_toyworld(weights=weights),
+            "random": load_toyworld(weights=weights, random_weights=True, seed=control_seed)}
+
+
+def markdown_table(results: dict) -> str:
+    """The model card's table from ``{"trained": evaluate(...), "random": evaluate(...)}``."""
+    n = results["trained"]["n"]
+    lines = [f"| per-image Hungarian mIoU, {n} held-out scenes (mean ± s.e.) | trained | "
+             f"random-weight control |", "|---|---|---|"]
+    for m in METHODS:
+        cells = [f"{r['mean'][m]:.3f} ± {r['sem'][m]:.3f}" for r in
+                 (results["trained"], results["random"])]
+        lines.append(f"| {LABELS[m]} | {cells[0]} | {cells[1]} |")
+    for m in ("emerdiff", "emerdiff_norm"):
+        cells = []
+        for r in (results["trained"], results["random"]):
+            gain = np.array(r["per_image"][m]) - np.array(r["per_image"]["naive"])
+            cells.append(f"{gain.mean():+.3f} ± {gain.std(ddof=1) / np.sqrt(len(gain)):.3f}")
+        lines.append(f"| gain of {LABELS[m]} over naive (paired) | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def run_table(args) -> None:
+    results, seconds = {}, {}
+    for name, model in models(args.weights, args.control_seed).items():
+        tick = time.time()
+        results[name] = evaluate(model, args.n, progress=not args.quiet)
+        seconds[name] = time.time() - tick
+    table = markdown_table(results)
+    print(table)
+    record = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
+              "weights_sha256": sha256(args.weights), "control_seed": args.control_seed,
+              "seconds": seconds, "torch_threads": torch.get_num_threads(),
+              "results": results, "markdown": table}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1))
+    if args.record:
+        RECORDED_PATH.write_text(json.dumps(record, indent=1))
+        print(f"recorded in {RECORDED_PATH}")
+
+
+def run_sweep(args) -> None:
+    """Validation-scene search: mask mIoU over feature timesteps and feature layers (cheap), then
+    EmerDiff over modulation timestep x strength for the trained model (shared inversions)."""
+    import emerdiff_lab as edl
+    from emerdiff_lab.assembly import prepare_maps, upsample_bilinear
+    from emerdiff_lab.layers import find_semantic_block
+    from emerdiff_lab.toyworld.evaluation import _miou
+
+    pixels, labels = heldout_scenes(args.n, start=VALIDATION_SEED_START)
+    report = {"n": args.n, "start": VALIDATION_SEED_START, "masks": {}, "emerdiff": {}}
+    pair = models(args.weights, args.control_seed)
+    layers = find_semantic_block(pair["trained"].unet).cross_attention_layers
+    for name, model in pair.items():
+        for layer in layers:
+            for t_f in (1, 101, 201, 401):
+                cfg = model.default_config.replace(feature_timestep=t_f, feature_layer=layer)
+                scores = [_miou(nearest_upsample(edl.kmeans_masks(
+                    edl.extract_features(model, pixels[i], cfg), k=cfg.num_masks, seed=cfg.seed),
+                    64), labels[i]) for i in range(args.n)]
+                key = f"{name} {layer} t_f={t_f}"
+                report["masks"][key] = float(np.mean(scores))
+                print(f"masks  {key}: {np.mean(scores):.3f}", flush=True)
+    model = pair["trained"]
+    base = model.default_config
+    grid = [(t_m, lam) for t_m in (281, 481) for lam in args.strengths]
+    scores = {g: {"naive": [], "emerdiff": [], "emerdiff_norm": []} for g in grid}
+    for i in range(args.n):
+        lowres = edl.kmeans_masks(edl.extract_features(model, pixels[i], base), k=base.num_masks,
+                                  seed=base.seed)
+        inversion = edl.invert(model, pixels[i], base, progress=False)
+        for t_m, lam in grid:
+            cfg = base.replace(modulation_timestep=t_m, modulation_strength=lam)
+            raw = edl.pixel_change_maps(model, inversion, lowres, cfg, progress=False)
+            scores[(t_m, lam)]["naive"].append(_miou(upsample_bilinear(lowres, 64), labels[i]))
+            for key, norm in (("emerdiff", False), ("emerdiff_norm", True)):
+                scores[(t_m, lam)][key].append(
+                    _miou(prepare_maps(raw, cfg.blur_sigma, norm).argmax(0), labels[i]))
+        print(f"scene {i + 1}/{args.n} done", flush=True)
+    for (t_m, lam), s in scores.items():
+        means = {k: float(np.mean(v)) for k, v in s.items()}
+        report["emerdiff"][f"t_m={t_m} lambda={lam}"] = means
+        print(f"trained t_m={t_m} lambda={lam}: " +
+              ", ".join(f"{k} {v:.3f}" for k, v in means.items()), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=("table", "sweep"))
+    p.add_argument("--n", type=int, default=16, help="number of scenes")
+    p.add_argument("--weights", type=Path, default=WEIGHTS_PATH)
+    p.add_argument("--control-seed", type=int, default=0, help="random-weight control's seed")
+    p.add_argument("--strengths", type=float, nargs="+", default=[3.0, 10.0, 30.0],
+                   help="sweep: modulation strengths (lambda)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--record", action="store_true",
+                   help="table: write emerdiff_lab/toyworld/recorded_eval.json (the CI reference)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.n < 2:
+        p.error("--n must be at least 2 (a standard error needs two scenes)")
+    torch.set_num_threads(args.threads)
+    run_table(args) if args.mode == "table" else run_sweep(args)
+
+
+if __name__ == "__main__":
+    main()
