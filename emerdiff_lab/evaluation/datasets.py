@@ -179,10 +179,10 @@ def _from_list(name: str, base: Path, list_file: Path, image_dir: str,
 
 def _ade20k(name: str, root: Path, split: str) -> SegmentationDataset:
     sub = {"val": "validation", "train": "training"}[split]
-    base = _first_dir([root, root / "ADEChallengeData2016"], name,
-                      f"ADEChallengeData2016/images/{sub}/*.jpg and annotations/{sub}/*.png")
-    image_dir = _first_dir([base / "images" / sub], name, f"images/{sub}/ under {base}")
-    label_dir = _first_dir([base / "annotations" / sub], name, f"annotations/{sub}/ under {base}")
+    expected = f"ADEChallengeData2016/images/{sub}/*.jpg and annotations/{sub}/*.png"
+    image_dir = _first_dir([root / "images" / sub, root / "ADEChallengeData2016" / "images" / sub],
+                           name, expected)
+    label_dir = _first_dir([image_dir.parent.parent / "annotations" / sub], name, expected)
     # Raw 0 is "other/unlabelled"; classes are 1..150.
     lookup = _lookup({raw: raw - 1 for raw in range(1, 151)})
     return SegmentationDataset(name, root, _pair_by_stem(name, image_dir, label_dir), 150,
