@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from emerdiff_lab.evaluation.metrics import (confusion_matrix, hungarian_miou, iou_per_class,
-                                             mean_iou, pixel_accuracy, score_matched)
+from emerdiff_lab.evaluation.metrics import (
+    confusion_matrix,
+    hungarian_miou,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+    score_matched,
+)
 
 
 def test_confusion_matrix_known_counts_and_ignore():

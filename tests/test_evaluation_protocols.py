@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from emerdiff_lab.evaluation import protocols as P
-from emerdiff_lab.evaluation.openvocab import (DenseCLIP, classify_masks, classify_pixels,
-                                               pool_in_masks)
+from emerdiff_lab.evaluation.openvocab import (
+    DenseCLIP,
+    classify_masks,
+    classify_pixels,
+    pool_in_masks,
+)
 
 # Two images, 2 classes. Image A: masks 0/1 cover classes 0/1 exactly; image B: masks swapped.
 GT_A = np.array([[0, 0, 1, 1]] * 2)
@@ -57,7 +61,7 @@ def test_traditional_protocol_clusters_over_the_dataset():
 
 
 def test_direct_scores_class_maps():
-    records = lambda: iter([{"gt": GT_A, "emerdiff": GT_A, "bilinear": 1 - GT_A}])  # noqa: E731
+    records = lambda: iter([{"gt": GT_A, "emerdiff": GT_A, "bilinear": 1 - GT_A}])
     result = P.direct(records, num_classes=2)
     assert result["emerdiff"]["miou"] == 1.0 and result["bilinear"]["miou"] == 0.0
 
@@ -95,10 +99,10 @@ def tiny_clip():
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=32, patch_size=16),
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
         projection_dim=16)
     return CLIPModel(config).eval()
 

@@ -147,7 +147,8 @@ def test_two_processes_under_torchrun_equal_one(scenes, reference, tmp_path):
                "--dataset", "folder", "--root", str(scenes), "--model", "tiny",
                "--image-size", str(SIZE), "--num-masks", "4", "--limit", "4",
                "--out", str(tmp_path), "--quiet", "--protocol", *PROTOCOLS]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world_size=2" in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -156,9 +157,9 @@ def test_two_processes_under_torchrun_equal_one(scenes, reference, tmp_path):
 
 def test_open_vocab_reuses_records(tiny_model, small_cfg, dataset, reference, tmp_path,
                                    monkeypatch):
-    from emerdiff_lab.evaluation.openvocab import DenseCLIP
-
     from test_evaluation_protocols import WordTokenizer, tiny_clip
+
+    from emerdiff_lab.evaluation.openvocab import DenseCLIP
 
     out = tmp_path / "run"
     shutil.copytree(reference[0], out)
@@ -177,11 +178,10 @@ def test_open_vocab_reuses_records(tiny_model, small_cfg, dataset, reference, tm
 
 
 def test_cli_open_vocab_loads_a_saved_clip(scenes, reference, sd14_configs, tmp_path, capsys):
+    from test_evaluation_protocols import tiny_clip
     from transformers import CLIPTokenizer
 
     from emerdiff_lab.cli import main
-
-    from test_evaluation_protocols import tiny_clip
 
     clip_dir = tmp_path / "clip"
     tiny_clip().save_pretrained(clip_dir)

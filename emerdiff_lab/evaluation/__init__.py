@@ -6,8 +6,17 @@ Metrics are importable without heavy dependencies::
     hungarian_miou(pred, gt).miou   # in [0, 1]
 """
 
-from .metrics import (HungarianResult, confusion_matrix, hungarian_match, hungarian_miou,
-                      iou_per_class, mean_iou, pixel_accuracy, remap_confusion, score_matched)
+from .metrics import (
+    HungarianResult,
+    confusion_matrix,
+    hungarian_match,
+    hungarian_miou,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+    remap_confusion,
+    score_matched,
+)
 
 __all__ = [
     "HungarianResult", "confusion_matrix", "hungarian_match", "hungarian_miou", "iou_per_class",

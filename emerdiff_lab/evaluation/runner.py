@@ -302,7 +302,7 @@ def markdown_table(summary: dict, protocols) -> str:
         lines.append(f"| {protocol} | {pct(scores['emerdiff']['pixel_accuracy'])} | "
                      f"{pct(scores['bilinear']['pixel_accuracy'])} |")
     if summary.get("random_weights"):
-        lines += ["", "The model has random weights: these numbers test the pipeline, not the "
-                      "method."]
+        lines += ["", ("The model has random weights: these numbers test the pipeline, not "
+                       "the method.")]
     lines += ["", f"Ground-truth labels: {summary['label_policy']}.", ""]
     return "\n".join(lines)
