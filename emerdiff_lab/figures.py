@@ -313,14 +313,16 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
 
 
 def failure_stats(labels: torch.Tensor, gt: torch.Tensor, *, small_min: int = 4,
-                  small_fraction: float = 0.03, uniform_fraction: float = 0.15) -> list[dict]:
+                  small_fraction: float = 0.03, uniform_fraction: float = 0.15,
+                  class_names=None) -> list[dict]:
     """The two failure modes of Figure 8, measured per ground-truth class of one image.
 
     For every class present: its pixel share, the best IoU any predicted segment reaches on it
     (``best_iou``: a small part that no segment covers scores low) and how many predicted
     segments cover at least 5% of it (``segments_inside``: a uniform region split in several
     scores high). ``kind`` says "small part" (share < ``small_fraction``, at least ``small_min``
-    pixels), "large region" (share > ``uniform_fraction``) or "other".
+    pixels), "large region" (share > ``uniform_fraction``) or "other". ``class_names`` (a
+    sequence indexed by class id) adds a ``name`` column.
     """
     labels, gt = labels.cpu().long(), gt.cpu().long()
     if labels.shape != gt.shape:
@@ -340,7 +342,9 @@ def failure_stats(labels: torch.Tensor, gt: torch.Tensor, *, small_min: int = 4,
             pred = labels == seg
             best = max(best, float((pred & region).sum()) / float((pred | region).sum()))
         share = size / total
-        rows.append({"class": int(cls), "share": round(share, 4), "best_iou": round(best, 4),
+        rows.append({"class": int(cls),
+                     **({"name": class_names[cls]} if class_names is not None else {}),
+                     "share": round(share, 4), "best_iou": round(best, 4),
                      "segments_inside": int((counts >= 0.05 * size).sum()),
                      "kind": "small part" if share < small_fraction else
                              "large region" if share > uniform_fraction else "other"})
