@@ -11,6 +11,7 @@ subcommand to the command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -383,11 +384,18 @@ def run_notebooks(parameters: dict, *, notebooks_dir: str | Path = NOTEBOOKS_DIR
         parameters: from :func:`notebook_parameters`.
         executed_dir: where the executed copies go (default ``out_dir/executed``).
         only: notebook stems (or prefixes such as "05") to run; default all, in order.
-        kernel_name: Jupyter kernel (default: papermill's, the current Python's ``python3``).
+        kernel_name: Jupyter kernel (default: the Python running this function).
         timeout: seconds allowed per cell.
 
-    A failing notebook does not stop the others; its error is in the returned run.
+    A failing notebook does not stop the others; its error is in the returned run. Without
+    ``kernel_name`` the notebooks run in this very Python (a temporary kernelspec), never in
+    whatever a user-level "python3" kernelspec points to.
     """
+    if kernel_name is None:
+        with _current_python_kernel() as name:
+            return run_notebooks(parameters, notebooks_dir=notebooks_dir,
+                                 executed_dir=executed_dir, only=only, kernel_name=name,
+                                 timeout=timeout, progress=progress)
     import papermill
 
     notebooks_dir = Path(notebooks_dir)
@@ -418,6 +426,31 @@ def run_notebooks(parameters: dict, *, notebooks_dir: str | Path = NOTEBOOKS_DIR
             print(f"[figures] {name}: {state} in {seconds:.1f} s", flush=True)
     _write_timings(executed_dir / "timings.csv", runs)
     return runs
+
+
+@contextlib.contextmanager
+def _current_python_kernel():
+    """A kernelspec for ``sys.executable`` in a temporary folder put first on JUPYTER_PATH."""
+    import json
+    import sys
+    import tempfile
+
+    name = "emerdiff-lab-figures"
+    with tempfile.TemporaryDirectory(prefix="emerdiff-kernel-") as folder:
+        spec = Path(folder) / "kernels" / name
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "emerdiff-lab (figures)", "language": "python"}))
+        previous = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (folder, previous) if p)
+        try:
+            yield name
+        finally:
+            if previous is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = previous
 
 
 def select_notebooks(only=None) -> list[str]:
@@ -472,7 +505,9 @@ def register(subparsers) -> None:
                         help="run only these notebooks (names or prefixes such as 05)")
     parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR,
                         help="folder of the notebooks (default: the repository's notebooks/)")
-    parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: python3)")
+    parser.add_argument("--kernel", default=None,
+                        help="Jupyter kernel name (default: this Python, whatever kernelspecs "
+                             "are installed)")
     parser.add_argument("--cell-timeout", type=int, default=None,
                         help="seconds allowed per cell (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")

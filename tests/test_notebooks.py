@@ -162,6 +162,31 @@ def test_runner_reports_a_failing_notebook(tmp_path):
     assert "boom in a cell" in json.dumps(executed.cells[-1].outputs)
 
 
+def test_runner_uses_this_python_whatever_python3_kernelspec_says(tmp_path, monkeypatch):
+    """A user-level "python3" kernelspec pointing elsewhere (common on GPU boxes) is ignored."""
+    bogus = tmp_path / "data" / "kernels" / "python3"
+    bogus.mkdir(parents=True)
+    (bogus / "kernel.json").write_text(json.dumps(
+        {"argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "elsewhere", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))  # outranks every other spec
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell('out_dir = "."'),
+                nbformat.v4.new_code_cell("import sys; print(sys.executable)")]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, notebooks / "01_quickstart.ipynb")
+    runs = figures.run_notebooks(figures.notebook_parameters(out_dir=tmp_path / "out"),
+                                 notebooks_dir=notebooks, only=["01"], progress=False)
+    assert runs[0].error is None, runs[0].error
+    executed = nbformat.read(runs[0].executed, as_version=4)
+    import sys
+    assert executed.cells[-1].outputs[0]["text"].strip() == sys.executable
+
+
 def test_runner_rejects_unknown_notebook_names(capsys):
     from emerdiff_lab.cli import main
 
