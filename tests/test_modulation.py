@@ -9,9 +9,15 @@ from emerdiff_lab.processors import AttentionControl, installed_processors
 
 
 @pytest.fixture(scope="module")
-def inversion(tiny_model):
+def fast_cfg(tiny_model):
+    """A 10-step schedule (t_m = 301: 4 modulated steps): the same mechanics, 4x fewer calls."""
+    return tiny_model.default_config.replace(num_inference_steps=10, modulation_timestep=301)
+
+
+@pytest.fixture(scope="module")
+def inversion(tiny_model, fast_cfg):
     image = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(5))
-    return edl.invert(tiny_model, image, tiny_model.default_config, progress=False)
+    return edl.invert(tiny_model, image, fast_cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +28,10 @@ def lowres():
     return labels
 
 
-def test_perturbation_shapes_and_effect(tiny_model, inversion):
+def test_perturbation_shapes_and_effect(tiny_model, fast_cfg, inversion):
     region = torch.zeros(4, 4, dtype=torch.bool)
     region[1:3, 1:3] = True
-    pert = edl.perturb(tiny_model, inversion, region, tiny_model.default_config)
+    pert = edl.perturb(tiny_model, inversion, region, fast_cfg)
     assert pert.plus.shape == pert.minus.shape == pert.reference.shape == (3, 128, 128)
     assert pert.diff.shape == (128, 128) and pert.diff.dtype == torch.float32
     assert 0 <= pert.plus.min() and pert.plus.max() <= 1
@@ -34,8 +40,8 @@ def test_perturbation_shapes_and_effect(tiny_model, inversion):
 
 
 @pytest.mark.parametrize("injection", [True, False])
-def test_zero_strength_changes_nothing(tiny_model, inversion, lowres, injection):
-    cfg = tiny_model.default_config.replace(modulation_strength=0.0,
+def test_zero_strength_changes_nothing(tiny_model, fast_cfg, inversion, lowres, injection):
+    cfg = fast_cfg.replace(modulation_strength=0.0,
                                             attention_injection=injection)
     maps = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, progress=False)
     assert maps.shape == (4, 128, 128)
@@ -51,8 +57,8 @@ def test_zero_strength_changes_nothing(tiny_model, inversion, lowres, injection)
     {"attention_injection": False},
     {"offset_placement": "before_projection"},
 ])
-def test_batched_path_equals_reference_path(tiny_model, inversion, lowres, changes):
-    cfg = tiny_model.default_config.replace(**changes)
+def test_batched_path_equals_reference_path(tiny_model, fast_cfg, inversion, lowres, changes):
+    cfg = fast_cfg.replace(**changes)
     batched = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, progress=False)
     plain = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, path="reference",
                                   progress=False)
@@ -61,8 +67,8 @@ def test_batched_path_equals_reference_path(tiny_model, inversion, lowres, chang
 
 
 @pytest.mark.parametrize("batch_size", [2, 3, 5])
-def test_chunking_changes_nothing(tiny_model, inversion, lowres, batch_size):
-    cfg = tiny_model.default_config
+def test_chunking_changes_nothing(tiny_model, fast_cfg, inversion, lowres, batch_size):
+    cfg = fast_cfg
     whole = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg.replace(batch_size=9),
                                   progress=False)
     chunked = edl.pixel_change_maps(tiny_model, inversion, lowres,
@@ -71,8 +77,8 @@ def test_chunking_changes_nothing(tiny_model, inversion, lowres, batch_size):
     assert (whole - chunked).abs().max() < 1e-4
 
 
-def test_injection_and_placement_matter(tiny_model, inversion, lowres):
-    cfg = tiny_model.default_config
+def test_injection_and_placement_matter(tiny_model, fast_cfg, inversion, lowres):
+    cfg = fast_cfg
     base = edl.pixel_change_maps(tiny_model, inversion, lowres, cfg, progress=False)
     no_injection = edl.pixel_change_maps(
         tiny_model, inversion, lowres, cfg.replace(attention_injection=False), progress=False)
@@ -83,7 +89,7 @@ def test_injection_and_placement_matter(tiny_model, inversion, lowres):
     assert (base - before).abs().max() > 1e-3
 
 
-def test_processors_are_restored_after_an_exception(tiny_model, inversion):
+def test_processors_are_restored_after_an_exception(tiny_model, fast_cfg, inversion):
     unet = tiny_model.unet
     before = dict(unet.attn_processors)
     with pytest.raises(RuntimeError, match="boom"):
@@ -99,7 +105,7 @@ def test_processors_are_restored_after_an_exception(tiny_model, inversion):
     broken = inversion.__class__(**{**inversion.__dict__,
                                     "prompt_embeds": torch.zeros(1, 77, 7)})  # wrong width
     with pytest.raises(RuntimeError):
-        edl.perturb(tiny_model, broken, bad, tiny_model.default_config)
+        edl.perturb(tiny_model, broken, bad, fast_cfg)
     assert all(unet.attn_processors[k] is before[k] for k in before)
 
 
@@ -107,11 +113,11 @@ def test_processors_are_restored_after_an_exception(tiny_model, inversion):
     (torch.zeros(5, 5, dtype=torch.bool), r"\(4, 4\)"),
     (torch.full((4, 4), 2), "only 0 and 1"),
 ])
-def test_bad_regions_are_refused(tiny_model, inversion, region, message):
+def test_bad_regions_are_refused(tiny_model, fast_cfg, inversion, region, message):
     with pytest.raises(ValueError, match=message):
-        edl.perturb(tiny_model, inversion, region, tiny_model.default_config)
+        edl.perturb(tiny_model, inversion, region, fast_cfg)
 
 
-def test_unknown_path_is_refused(tiny_model, inversion, lowres):
+def test_unknown_path_is_refused(tiny_model, fast_cfg, inversion, lowres):
     with pytest.raises(ValueError, match="path must be one of"):
-        edl.pixel_change_maps(tiny_model, inversion, lowres, path="fast")
+        edl.pixel_change_maps(tiny_model, inversion, lowres, fast_cfg, path="fast")
