@@ -275,3 +275,27 @@ def test_heatmap_and_grid_images():
     marked = plotting.grid_image(torch.full((3, 32, 32), 0.5), (4, 4), region, display_size=64)
     assert plain.shape == (64, 64, 3)
     assert (plain[:16, :16] != marked[:16, :16]).any() and (plain[40:, 40:] == marked[40:, 40:]).all()
+
+
+@pytest.mark.parametrize("quick, size", [(True, 128), (False, 256)])
+def test_ablation_settings_cover_every_table_and_stay_valid(tiny_model, quick, size):
+    from emerdiff_lab.inversion import schedule
+
+    cfg = tiny_model.default_config
+    ctx = figures.FigureContext(model=tiny_model, cfg=cfg, image_size=size, quick=quick,
+                                out_dir=Path("unused"))
+    settings = figures.ablation_settings(ctx)
+    tables = {name.split("(")[-1].rstrip(")") for name, _, _ in settings}
+    assert tables == {"T4", "T5", "T6", "T7", "T8", "T9", "F14"}
+    cells = (size // 32) ** 2                        # tiny: 8x VAE, 4x UNet downsampling
+    on_schedule = set(schedule(tiny_model, cfg.num_inference_steps).tolist())
+    for name, value, changes in settings:
+        cfg.replace(**changes)                       # every setting is a valid config
+        assert changes.get("num_masks", 1) <= cells, (name, value)
+        assert changes.get("modulation_timestep", 281) in on_schedule, (name, value)
+    masks = [c["num_masks"] for n, _, c in settings if "T4" in n]
+    assert cfg.num_masks in masks and (len(masks) == 3 if quick else max(masks) >= 20)
+    sweeps = {n for n, _, _ in settings}
+    for sweep in sweeps:
+        count = sum(n == sweep for n, _, _ in settings)
+        assert count >= 2, f"{sweep} has a single value"
