@@ -74,19 +74,25 @@ class EmerDiffAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states)
+        # With injection from element 0 only element 0's queries and keys are ever used, so the
+        # others' are not computed. In cross-attention the values come from the prompt, which
+        # every element of the batched path shares: all outputs equal element 0's, computed once.
+        first_only = (control.injection == INJECT_FROM_FIRST
+                      and self.name not in control.capture_layers)
+        shared_output = first_only and encoder_hidden_states is not None
+        query = attn.to_q(hidden_states[:1] if first_only else hidden_states)
         if self.name in control.capture_layers:
             control.captured[self.name] = query.detach()
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        key = attn.to_k(context)
-        value = attn.to_v(context)
+        key = attn.to_k(context[:1] if first_only else context)
+        value = attn.to_v(context[:1] if shared_output else context)
 
-        out = self._attend(attn, query, key, value, attention_mask)  # (B, queries, inner)
+        out = self._attend(attn, query, key, value, attention_mask)  # (B or 1, queries, inner)
         offset = control.offsets.get(self.name)
         if offset is not None and control.offset_placement == "before_projection":
-            out = out + offset.to(out.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
+            out = out.expand(batch, -1, -1) + offset.to(out.dtype)
+        out = attn.to_out[1](attn.to_out[0](out)).expand(batch, -1, -1)
         if offset is not None and control.offset_placement == "after_projection":
             out = out + offset.to(out.dtype)
 
