@@ -36,5 +36,10 @@ demo: setup
 test: setup
 	$(BIN)/pytest
 
+# Quick mode (128 px, <= 8 masks) is chosen automatically for the tiny model or a CPU.
+figures: setup
+	$(BIN)/emerdiff-lab figures --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) \
+		--out figures $(FIGURES_ARGS)
+
 clean:
 	rm -rf $(VENV) figures/demo figures/executed
