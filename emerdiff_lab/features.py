@@ -28,10 +28,13 @@ def layer_names(model: EmerDiffModel, cfg: EmerDiffConfig, image_size: int) -> t
 
 @torch.no_grad()
 def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
-                     image_size: int | None = None) -> torch.Tensor:
+                     image_size: int | None = None,
+                     latent: torch.Tensor | None = None) -> torch.Tensor:
     """Query vectors of the feature layer for ``image`` noised to ``cfg.feature_timestep``.
 
     One UNet call with ``cfg.prompt`` (no guidance); the noise is seeded with ``cfg.seed``.
+    ``latent`` (C, h, w), the image's ``model.encode`` output if already computed, saves one
+    VAE encode.
 
     Returns:
         (h, w, C) float32 on the model's device; (16, 16, 1280) for SD 1.x at 512 px.
@@ -45,7 +48,7 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
                          f"{model.scheduler.config.num_train_timesteps}), got "
                          f"{cfg.feature_timestep}")
     feature_layer, _ = layer_names(model, cfg, size)
-    x0 = model.encode(pixels[None])
+    x0 = model.encode(pixels[None]) if latent is None else latent[None].to(model.device).float()
     generator = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     t = torch.tensor([cfg.feature_timestep])

@@ -112,7 +112,8 @@ def unet_predict(model: EmerDiffModel, latents: torch.Tensor, timesteps: torch.T
 @torch.no_grad()
 def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
            image_size: int | None = None, full_trajectory: bool = False,
-           batch_size: int | None = None, progress: bool = True) -> Inversion:
+           batch_size: int | None = None, latent: torch.Tensor | None = None,
+           progress: bool = True) -> Inversion:
     """Edit-friendly DDPM inversion of ``image``.
 
     Args:
@@ -123,6 +124,8 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         full_trajectory: store all ``num_inference_steps`` steps; by default only the steps that
             segmentation needs (t <= t_m: 15 of 50 for the paper's t_m = 281) are computed.
         batch_size: UNet elements per call (default: ``cfg.batch_size`` or all steps at once).
+        latent: the image's latent x_0 (C, h, w) from ``model.encode`` if the caller already has
+            it (saves one VAE encode).
         progress: show a progress bar.
 
     Returns:
@@ -133,7 +136,7 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor)
     timesteps = schedule(model, cfg.num_inference_steps)
     check_timestep(model, cfg.modulation_timestep, cfg.num_inference_steps, "modulation_timestep")
-    x0 = model.encode(pixels[None])[0]
+    x0 = model.encode(pixels[None])[0] if latent is None else latent.to(model.device).float()
 
     # Noise for all steps is drawn first, so that a limited and a full inversion with the same
     # seed agree on the steps they share.

@@ -101,7 +101,8 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     cfg = cfg or model.default_config
     prepared = prepare_image(image, image_size)
     pixels = prepared.pixels
-    features = extract_features(model, pixels, cfg)
+    latent = model.encode(pixels[None])[0]  # encoded once, shared by both stages
+    features = extract_features(model, pixels, cfg, latent=latent)
     lowres = kmeans_masks(features, k=cfg.num_masks, seed=cfg.seed,
                           normalization=cfg.feature_normalization)
     num_masks = int(lowres.max()) + 1
@@ -112,7 +113,7 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     if model.random_weights:
         notes.append(f"model {model.model_id!r} has random weights: the result shows the "
                      f"method's mechanics, not semantics")
-    inversion = invert(model, pixels, cfg, progress=progress)
+    inversion = invert(model, pixels, cfg, latent=latent, progress=progress)
     raw_maps = pixel_change_maps(model, inversion, lowres, cfg, path=path, progress=progress)
     maps = prepare_maps(raw_maps, cfg.blur_sigma, cfg.normalize_maps)
     model_labels = maps.argmax(dim=0)

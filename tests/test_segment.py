@@ -110,3 +110,14 @@ def test_assembly_and_blur():
     assert blurred.shape == maps.shape and torch.allclose(blurred.sum(), maps.sum(), rtol=0.05)
     with pytest.raises(ValueError, match=r"\(K, H, W\)"):
         edl.assemble(torch.zeros(16, 16))
+
+
+def test_segment_equals_the_steps_one_by_one(tiny_model, small_cfg, image128):
+    seg = edl.segment(tiny_model, image128, small_cfg, image_size=128, progress=False)
+    lowres = edl.kmeans_masks(edl.extract_features(tiny_model, image128, small_cfg),
+                              k=small_cfg.num_masks, seed=small_cfg.seed)
+    maps = edl.pixel_change_maps(tiny_model, edl.invert(tiny_model, image128, small_cfg,
+                                                        progress=False),
+                                 lowres, small_cfg, progress=False)
+    assert torch.equal(seg.lowres_labels, lowres)
+    assert torch.allclose(seg.diff_maps, edl.prepare_maps(maps, small_cfg.blur_sigma), atol=1e-5)
