@@ -79,6 +79,45 @@ def run_table(args) -> None:
         print(f"recorded in {RECORDED_PATH}")
 
 
+@torch.no_grad()
+def activation_rms(model, pixels: torch.Tensor, cfg) -> dict[str, float]:
+    """RMS over scenes, tokens and channels of the residual stream entering the modulation layer's
+    transformer block and of the attention output (after to_out), at the modulation timestep: the scale that
+    the offset lambda is added to. pixels (n, 3, S, S) in [0, 1]."""
+    from emerdiff_lab.features import layer_names
+    from emerdiff_lab.inversion import unet_predict
+
+    _, name = layer_names(model, cfg, pixels.shape[-1])
+    seen = {}
+
+    def block_hook(module, inputs, output):
+        seen["in"] = inputs[0].float().pow(2).mean().sqrt().item()
+
+    def attention_hook(module, inputs, output):
+        seen["out"] = output.float().pow(2).mean().sqrt().item()
+
+    modules = dict(model.unet.named_modules())
+    # The transformer block's input is the residual stream that the attention output (and the
+    # offset) is added to; the attention layer itself sees it layer-normalised.
+    handles = [modules[name.rsplit(".", 1)[0]].register_forward_hook(block_hook),
+               modules[name].register_forward_hook(attention_hook)]
+    values = {"in": [], "out": []}
+    try:
+        for image in pixels:
+            x0 = model.encode(image[None])
+            t = torch.tensor([cfg.modulation_timestep])
+            noisy = model.scheduler.add_noise(x0, torch.randn(x0.shape, generator=torch.Generator(
+            ).manual_seed(cfg.seed)), t)
+            unet_predict(model, noisy, t, model.prompt_embeds(cfg.prompt))
+            values["in"].append(seen["in"])
+            values["out"].append(seen["out"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"layer": name, "residual_stream_rms": float(np.mean(values["in"])),
+            "attention_output_rms": float(np.mean(values["out"]))}
+
+
 def run_sweep(args) -> None:
     """Validation-scene search: mask mIoU over feature timesteps and feature layers (cheap), then
     EmerDiff over modulation timestep x strength for the trained model (shared inversions)."""
@@ -103,6 +142,9 @@ def run_sweep(args) -> None:
                 print(f"masks  {key}: {np.mean(scores):.3f}", flush=True)
     model = pair["trained"]
     base = model.default_config
+    report["activation_rms"] = activation_rms(model, pixels, base)
+    print(f"modulation layer activation RMS (trained, t={base.modulation_timestep}): "
+          f"{report['activation_rms']}", flush=True)
     grid = [(t_m, lam) for t_m in (281, 481) for lam in args.strengths]
     scores = {g: {"naive": [], "emerdiff": [], "emerdiff_norm": []} for g in grid}
     for i in range(args.n):

@@ -46,13 +46,14 @@ def test_scene_rejects_bad_arguments(bad):
 
 def test_every_class_appears_textured_and_boundaries_cut_cells():
     images, labels = generate_batch(range(60))
-    pixels = images.reshape(-1, 3).astype(float)
-    flat = labels.reshape(-1)
+    brightness = images.astype(float).mean(-1)
     for cls, name in enumerate(CLASS_NAMES):
-        inside = flat == cls
-        assert inside.sum() > 200, f"class {name} almost never appears"
-        # A texture, not a flat colour: brightness varies inside the class.
-        assert pixels[inside].mean(1).std() > 6, f"class {name} is not textured"
+        assert (labels == cls).sum() > 200, f"class {name} almost never appears"
+        # A texture, not a flat colour: brightness varies inside one region of one scene
+        # (pixel noise alone gives a standard deviation of about 3).
+        spreads = [brightness[i][labels[i] == cls].std() for i in range(len(images))
+                   if (labels[i] == cls).sum() >= 30]
+        assert np.median(spreads) > 6, f"class {name} is not textured"
     # Boundaries cross the 4x4-pixel cells of the 16x16 feature map (not aligned to the grid).
     cells = labels.reshape(60, 16, 4, 16, 4).transpose(0, 1, 3, 2, 4).reshape(60, 256, 16)
     mixed = (cells.min(-1) != cells.max(-1)).mean()
