@@ -22,12 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emerdiff_lab.toyworld.evaluation import (METHODS, VALIDATION_SEED_START, evaluate,
-                                              heldout_scenes, nearest_upsample)
+from emerdiff_lab.toyworld.evaluation import (
+    METHODS,
+    VALIDATION_SEED_START,
+    evaluate,
+    heldout_scenes,
+    nearest_upsample,
+)
 from emerdiff_lab.toyworld.model import WEIGHTS_PATH, load_toyworld
 
-RECORDED_PATH = Path(__file__).resolve().parents[1] / "emerdiff_lab" / "toyworld" / \
-    "recorded_eval.json"
+RECORDED_PATH = (Path(__file__).resolve().parents[1] / "emerdiff_lab" / "toyworld"
+                 / "recorded_eval.json")
 LABELS = {"masks": "k-means masks (nearest)", "naive": "naive bilinear upsampling",
           "emerdiff": "EmerDiff", "emerdiff_norm": "EmerDiff, maps / own max"}
 
@@ -44,8 +49,9 @@ def models(weights: Path, control_seed: int) -> dict:
 def markdown_table(results: dict) -> str:
     """The model card's table from ``{"trained": evaluate(...), "random": evaluate(...)}``."""
     n = results["trained"]["n"]
-    lines = [f"| per-image Hungarian mIoU, {n} held-out scenes (mean ± s.e.) | trained | "
-             f"random-weight control |", "|---|---|---|"]
+    header = (f"| per-image Hungarian mIoU, {n} held-out scenes (mean ± s.e.) | trained | "
+              f"random-weight control |")
+    lines = [header, "|---|---|---|"]
     for m in METHODS:
         cells = [f"{r['mean'][m]:.3f} ± {r['sem'][m]:.3f}" for r in
                  (results["trained"], results["random"])]

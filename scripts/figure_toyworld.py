@@ -13,12 +13,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from emerdiff_lab.toyworld import generate_batch, load_toyworld, sample  # noqa: E402
-from emerdiff_lab.toyworld.model import WEIGHTS_PATH  # noqa: E402
+from emerdiff_lab.toyworld import generate_batch, load_toyworld, sample
+from emerdiff_lab.toyworld.model import WEIGHTS_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 

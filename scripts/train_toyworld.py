@@ -22,12 +22,16 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emerdiff_lab.toyworld.model import (SCHEDULER_CONFIG, build_text_encoder, build_unet,
-                                         null_embedding, state_dict_for_saving)
+from emerdiff_lab.toyworld.model import (
+    SCHEDULER_CONFIG,
+    build_text_encoder,
+    build_unet,
+    null_embedding,
+    state_dict_for_saving,
+)
 from emerdiff_lab.toyworld.scenes import HELDOUT_SEED_START as TRAIN_SEED_LIMIT
 from emerdiff_lab.toyworld.scenes import generate_batch
 
@@ -47,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--export", type=Path, default=None,
                    help="also copy the final EMA weights (float16 safetensors) here")
+    p.add_argument("--export-only", action="store_true",
+                   help="write --export from OUT/checkpoint.pt without training")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.lr <= 0 or args.minutes <= 0:
         p.error("--batch-size, --lr and --minutes must be positive")
@@ -98,62 +104,69 @@ def main(argv=None) -> None:
                     "trained_seconds": trained_seconds, "args": vars(args)},
                    str(checkpoint) + ".tmp")
         os.replace(str(checkpoint) + ".tmp", checkpoint)  # never leave a half-written checkpoint
-        save_file(state_dict_for_saving(ema, text_encoder), args.out / "toyworld.safetensors")
+        save_file(state_dict_for_saving(ema, context), args.out / "toyworld.safetensors")
         (args.out / "run.json").write_text(json.dumps({
             "step": step, "batch_size": args.batch_size, "trained_minutes": trained_seconds / 60,
             "lr": args.lr, "ema_decay": args.ema_decay, "seed": args.seed,
             "threads": args.threads, "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__}, indent=2))
 
+    if args.export_only:
+        if args.export is None or not checkpoint.exists():
+            raise SystemExit("--export-only needs --export and an existing OUT/checkpoint.pt")
+        save_file(state_dict_for_saving(ema, context), args.export)
+        print(f"exported EMA weights of step {step} to {args.export} "
+              f"({args.export.stat().st_size / 1e6:.2f} MB)")
+        return
+
     log_path = args.out / "loss.csv"
     new_log = not log_path.exists()
-    log = open(log_path, "a", newline="")
-    writer = csv.writer(log)
-    if new_log:
-        writer.writerow(["step", "loss", "trained_seconds"])
-    start = time.time()
-    last_save = start
-    bar = tqdm(initial=step, total=args.max_steps, desc="toyworld", mininterval=10,
-               unit="step")
-    smoothed = None
-    while time.time() - start < args.minutes * 60:
-        if args.max_steps is not None and step >= args.max_steps:
-            break
-        tick = time.time()
-        x0 = scenes_for_step(step, args.batch_size)
-        x_t, t, eps = noise_batch(x0, step, args.seed, alphas_cumprod)
-        prediction = unet(x_t, t, encoder_hidden_states=context.expand(len(t), -1, -1)).sample
-        loss = torch.nn.functional.mse_loss(prediction, eps)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        # EMA with a warm-up, so that early exports are not dominated by the random init.
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
-                e.lerp_(p, 1 - decay)
-        step += 1
-        trained_seconds += time.time() - tick
-        value = loss.item()
-        smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
-        writer.writerow([step, f"{value:.5f}", f"{trained_seconds:.1f}"])
-        bar.update(1)
-        bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
-        if time.time() - last_save > args.checkpoint_minutes * 60:
-            log.flush()
-            save()
-            last_save = time.time()
-    bar.close()
-    log.close()
+    with open(log_path, "a", newline="") as log:
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(["step", "loss", "trained_seconds"])
+        start = time.time()
+        last_save = start
+        bar = tqdm(initial=step, total=args.max_steps, desc="toyworld", mininterval=10,
+                   unit="step")
+        smoothed = None
+        while time.time() - start < args.minutes * 60:
+            if args.max_steps is not None and step >= args.max_steps:
+                break
+            tick = time.time()
+            x0 = scenes_for_step(step, args.batch_size)
+            x_t, t, eps = noise_batch(x0, step, args.seed, alphas_cumprod)
+            prediction = unet(x_t, t, encoder_hidden_states=context.expand(len(t), -1, -1)).sample
+            loss = torch.nn.functional.mse_loss(prediction, eps)
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup_steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            optimizer.step()
+            # EMA with a warm-up, so that early exports are not dominated by the random init.
+            decay = min(args.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), unet.parameters()):
+                    e.lerp_(p, 1 - decay)
+            step += 1
+            trained_seconds += time.time() - tick
+            value = loss.item()
+            smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+            writer.writerow([step, f"{value:.5f}", f"{trained_seconds:.1f}"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+            if time.time() - last_save > args.checkpoint_minutes * 60:
+                log.flush()
+                save()
+                last_save = time.time()
+        bar.close()
     save()
     print(f"stopped at step {step}, {trained_seconds / 60:.1f} min trained, "
           f"smoothed loss {smoothed}")
     if args.export is not None:
         args.export.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state_dict_for_saving(ema, text_encoder), args.export)
+        save_file(state_dict_for_saving(ema, context), args.export)
         print(f"exported EMA weights to {args.export} "
               f"({args.export.stat().st_size / 1e6:.2f} MB)")
 

@@ -8,8 +8,7 @@
 
 from .model import IMAGE_SIZE, default_config, load_toyworld
 from .sampling import sample
-from .scenes import (CLASS_NAMES, HELDOUT_SEED_START, NUM_CLASSES, generate_batch,
-                     generate_scene)
+from .scenes import CLASS_NAMES, HELDOUT_SEED_START, NUM_CLASSES, generate_batch, generate_scene
 
 __all__ = ["CLASS_NAMES", "HELDOUT_SEED_START", "IMAGE_SIZE", "NUM_CLASSES", "default_config",
            "generate_batch", "generate_scene", "load_toyworld", "sample"]

@@ -173,8 +173,14 @@ def load_toyworld(device="cpu", dtype=torch.float32, *, weights: str | Path | No
     """
     import copy
 
-    from ..models import (TOYWORLD_MODEL_ID, EmerDiffModel, _moved, ddpm_scheduler_from_config,
-                          resolve_device, resolve_dtype)
+    from ..models import (
+        TOYWORLD_MODEL_ID,
+        EmerDiffModel,
+        _moved,
+        ddpm_scheduler_from_config,
+        resolve_device,
+        resolve_dtype,
+    )
 
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     unet, text_encoder, tokenizer = _components_cpu(str(weights or WEIGHTS_PATH))
