@@ -1,19 +1,24 @@
 # The README's commands. Each target sets up its own environment from nothing on a fresh clone.
-#   make demo     segment the bundled sample photos with the offline model -> figures/demo/
+#   make demo     segment bundled images with the offline ToyWorld model -> figures/demo/
 #   make test     run the test suite (offline)
 #   make figures  execute every notebook headlessly -> figures/
-# Override e.g. MODEL=CompVis/stable-diffusion-v1-4 DEVICE=cuda IMAGE_SIZE=512 NUM_MASKS=30.
+# Override e.g. MODEL=CompVis/stable-diffusion-v1-4 DEVICE=cuda DTYPE=float16 NUM_MASKS=30.
 
 VENV ?= .venv
 PYTHON ?= python3
 # torch is installed on its own first so that pip takes this exact build (a CPU wheel here);
 # on a machine that brings its own torch, set TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
-MODEL ?= tiny
+# toyworld: the project's own small trained model (offline, 64 px synthetic scenes);
+# tiny: random weights, mechanics only; or a hub id / diffusers folder with real weights.
+MODEL ?= toyworld
 DEVICE ?= cpu
 DTYPE ?= float32
-IMAGE_SIZE ?= 256
-NUM_MASKS ?= 8
+IMAGE_SIZE ?=
+NUM_MASKS ?=
+# ToyWorld segments held-out generated scenes; any other model the bundled photos.
+DEMO_IMAGES ?= $(if $(filter toyworld,$(MODEL)),emerdiff_lab/assets/toyworld/*.png,emerdiff_lab/assets/*.jpg)
+SIZE_ARGS = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NUM_MASKS),--num-masks $(NUM_MASKS))
 
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
@@ -29,8 +34,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/emerdiff-lab segment emerdiff_lab/assets/*.jpg --model $(MODEL) --device $(DEVICE) \
-		--dtype $(DTYPE) --image-size $(IMAGE_SIZE) --num-masks $(NUM_MASKS) --out figures/demo
+	$(BIN)/emerdiff-lab segment $(DEMO_IMAGES) --model $(MODEL) --device $(DEVICE) \
+		--dtype $(DTYPE) $(SIZE_ARGS) --out figures/demo
 	@echo "results written to figures/demo/"
 
 test: setup
@@ -39,7 +44,7 @@ test: setup
 # Quick mode (128 px, <= 8 masks) is chosen automatically for the tiny model or a CPU.
 figures: setup
 	$(BIN)/emerdiff-lab figures --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) \
-		--out figures $(FIGURES_ARGS)
+		$(SIZE_ARGS) --out figures $(FIGURES_ARGS)
 
 clean:
 	rm -rf $(VENV) figures/demo figures/executed

@@ -18,6 +18,7 @@ from .layers import resolve_layers
 from .models import EmerDiffModel, from_pipeline, load_model
 from .modulation import Perturbation, perturb, pixel_change_maps
 from .segmentation import Segmentation, segment
+from .toyworld import sample
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,5 @@ __all__ = [
     "Segmentation", "assemble", "extract_features", "from_pipeline", "gaussian_blur", "invert",
     "kmeans_masks", "load_image", "load_model", "mask_embeddings", "perturb",
     "pixel_change_maps", "prepare_image", "prepare_maps", "reconstruct", "resolve_layers",
-    "sample_images", "segment", "upsample_bilinear",
+    "sample", "sample_images", "segment", "upsample_bilinear",
 ]

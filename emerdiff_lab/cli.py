@@ -121,8 +121,9 @@ def _add_segment(subparsers) -> None:
                     "the photo) and STEM.npz + STEM.json (arrays, config, provenance).")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to segment")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--image-size", type=int, default=512,
-                        help="side of the square the model sees, multiple of 64 (default: 512)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="side of the square the model sees, a multiple of 64 for SD "
+                             "(default: the model's native size: 512 for SD 1.x, 64 for toyworld)")
     parser.add_argument("--model-resolution", action="store_true",
                         help="write labels at model resolution instead of the input's size")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -40,7 +40,7 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
         (h, w, C) float32 on the model's device; (16, 16, 1280) for SD 1.x at 512 px.
     """
     cfg = cfg or model.default_config
-    pixels = model_pixels(image, image_size)
+    pixels = model_pixels(image, image_size, model.native_image_size)
     size = pixels.shape[-1]
     check_image_size(model.unet, size, model.vae_scale_factor)
     if not 0 <= cfg.feature_timestep < model.scheduler.config.num_train_timesteps:

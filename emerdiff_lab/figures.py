@@ -83,7 +83,7 @@ def setup(model: str = "tiny", device: str | None = None, dtype: str = "float32"
     from .models import load_model
 
     loaded = load_model(model, device=device, dtype=dtype)
-    native = int(loaded.unet.config.sample_size) * loaded.vae_scale_factor
+    native = loaded.native_image_size
     size = int(image_size) if image_size else (min(native, QUICK_IMAGE_SIZE) if quick else native)
     masks = int(num_masks) if num_masks else loaded.default_config.num_masks
     if quick:

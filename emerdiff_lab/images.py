@@ -59,13 +59,13 @@ def prepare_image(src, size: int = 512) -> PreparedImage:
     return PreparedImage(pixels, (int(height), int(width)), crop_box)
 
 
-def model_pixels(image, image_size: int | None = None) -> torch.Tensor:
-    """The (3, S, S) float32 the model sees: a square tensor of side S is taken as it is, anything
-    else goes through :func:`prepare_image` at ``image_size`` (default 512)."""
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3 \
-            and image.shape[1] == image.shape[2] and image_size in (None, image.shape[1]):
+def model_pixels(image, image_size: int | None, default_size: int) -> torch.Tensor:
+    """The (3, S, S) float32 the model sees. Without ``image_size`` a square (3, S, S) tensor is
+    taken at its own side S and anything else is brought to ``default_size``."""
+    if image_size is None and isinstance(image, torch.Tensor) and image.ndim == 3 \
+            and image.shape[0] == 3 and image.shape[1] == image.shape[2]:
         return prepare_image(image, image.shape[1]).pixels
-    return prepare_image(image, image_size or 512).pixels
+    return prepare_image(image, image_size or default_size).pixels
 
 
 def labels_to_original(labels: torch.Tensor, prepared: PreparedImage) -> torch.Tensor:

@@ -120,7 +120,8 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         model: from :func:`emerdiff_lab.load_model`.
         image: anything :func:`emerdiff_lab.load_image` takes; a (3, S, S) tensor is used as is.
         cfg: supplies ``num_inference_steps``, ``modulation_timestep``, ``prompt`` and ``seed``.
-        image_size: side the image is brought to (default 512, or the tensor's own side).
+        image_size: side the image is brought to (default: a square tensor's own side, else
+            ``model.native_image_size``).
         full_trajectory: store all ``num_inference_steps`` steps; by default only the steps that
             segmentation needs (t <= t_m: 15 of 50 for the paper's t_m = 281) are computed.
         batch_size: UNet elements per call (default: ``cfg.batch_size`` or all steps at once).
@@ -132,7 +133,7 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         An :class:`Inversion`; latents are float32 on the model's device.
     """
     cfg = cfg or model.default_config
-    pixels = model_pixels(image, image_size)
+    pixels = model_pixels(image, image_size, model.native_image_size)
     check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor)
     timesteps = schedule(model, cfg.num_inference_steps)
     check_timestep(model, cfg.modulation_timestep, cfg.num_inference_steps, "modulation_timestep")

@@ -64,6 +64,12 @@ class EmerDiffModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def native_image_size(self) -> int:
+        """The image side the model was trained at: 512 for SD 1.x, 768 for SD 2.x-768,
+        256 for the tiny model, 64 for ToyWorld."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
     def prediction_type(self) -> str:
         return self.scheduler.config.prediction_type
 

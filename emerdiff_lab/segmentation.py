@@ -83,7 +83,7 @@ class Segmentation:
 
 
 def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
-            image_size: int = 512, original_size: bool = True, path: str = "batched",
+            image_size: int | None = None, original_size: bool = True, path: str = "batched",
             progress: bool = True) -> Segmentation:
     """Unsupervised image-resolution segmentation of ``image`` with EmerDiff.
 
@@ -92,13 +92,15 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         image: a path, PIL image, array or tensor (see :func:`emerdiff_lab.load_image`). The
             model sees it resized (shorter side ``image_size``) and centre-cropped to a square.
         cfg: hyperparameters; default ``model.default_config`` (the paper's values for SD).
-        image_size: side of the square the model sees; a multiple of 64 for SD.
+        image_size: side of the square the model sees; a multiple of 64 for SD. None: the
+            model's native size (``model.native_image_size``: 512 for SD 1.x).
         original_size: return ``labels`` at the input's size (the crop undone: pixels outside
             the crop take the nearest cropped pixel's label); False keeps model resolution.
         path: "batched" (fast) or "reference" (one mask and sign at a time; for checking).
         progress: show progress bars.
     """
     cfg = cfg or model.default_config
+    image_size = image_size or model.native_image_size
     prepared = prepare_image(image, image_size)
     pixels = prepared.pixels
     latent = model.encode(pixels[None])[0]  # encoded once, shared by both stages

@@ -17,23 +17,15 @@ from pathlib import Path
 import torch
 
 from ..config import EmerDiffConfig
+from ..tiny import SD_SCHEDULER_CONFIG
 
 IMAGE_SIZE = 64
 TEXT_WIDTH = 32
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "toyworld.safetensors"
 
-# A DDPM schedule on the SD 1.x timestep grid (1000 steps, steps_offset 1: 50-step timesteps
-# 981, 961, ..., 1), so that timesteps in configs mean the same as for SD and the tiny model.
-SCHEDULER_CONFIG = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-}
+# The SD 1.x DDPM schedule (1000 steps, steps_offset 1: 50-step timesteps 981, 961, ..., 1), so
+# that timesteps in configs mean the same as for SD and the tiny model.
+SCHEDULER_CONFIG = SD_SCHEDULER_CONFIG
 
 UNET_CONFIG = {
     "sample_size": IMAGE_SIZE,
