@@ -99,11 +99,6 @@ def check_image_size(unet: torch.nn.Module, image_size: int, vae_scale_factor: i
                          f"(VAE factor {vae_scale_factor} x UNet stride), got {image_size!r}")
 
 
-def attention_layer_names(unet: torch.nn.Module) -> list[str]:
-    """Module paths of every attention layer that has a processor (self- and cross-attention)."""
-    return [key.removesuffix(".processor") for key in unet.attn_processors]
-
-
 def validate_layer(unet: torch.nn.Module, name: str, *, argument: str) -> None:
     """Raises ValueError unless ``name`` is a cross-attention layer of ``unet``."""
     from diffusers.models.attention_processor import Attention
