@@ -9,15 +9,20 @@ PYTHON ?= python3
 # torch is installed on its own first so that pip takes this exact build (a CPU wheel here);
 # on a machine that brings its own torch, set TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
-# toyworld: the project's own small trained model (offline, 64 px synthetic scenes);
-# tiny: random weights, mechanics only; or a hub id / diffusers folder with real weights.
-MODEL ?= toyworld
+# MODEL: toyworld (the project's own small trained model: offline, 64 px synthetic scenes),
+# tiny (random weights, mechanics only), or a hub id / diffusers folder with real weights.
+# Unset, demo uses toyworld and figures uses tiny: quick-mode figures with toyworld took about
+# 25 min on 2 shared CPU cores, past the 15 min budget of `make figures`, against under 3 min
+# with tiny. `make figures MODEL=toyworld` makes the trained model's figures.
+MODEL ?=
+DEMO_MODEL = $(or $(MODEL),toyworld)
+FIGURES_MODEL = $(or $(MODEL),tiny)
 DEVICE ?= cpu
 DTYPE ?= float32
 IMAGE_SIZE ?=
 NUM_MASKS ?=
 # ToyWorld segments held-out generated scenes; any other model the bundled photos.
-DEMO_IMAGES ?= $(if $(filter toyworld,$(MODEL)),emerdiff_lab/assets/toyworld/*.png,emerdiff_lab/assets/*.jpg)
+DEMO_IMAGES ?= $(if $(filter toyworld,$(DEMO_MODEL)),emerdiff_lab/assets/toyworld/*.png,emerdiff_lab/assets/*.jpg)
 SIZE_ARGS = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NUM_MASKS),--num-masks $(NUM_MASKS))
 
 BIN := $(VENV)/bin
@@ -34,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/emerdiff-lab segment $(DEMO_IMAGES) --model $(MODEL) --device $(DEVICE) \
+	$(BIN)/emerdiff-lab segment $(DEMO_IMAGES) --model $(DEMO_MODEL) --device $(DEVICE) \
 		--dtype $(DTYPE) $(SIZE_ARGS) --out figures/demo
 	@echo "results written to figures/demo/"
 
@@ -43,7 +48,7 @@ test: setup
 
 # Quick mode (128 px, <= 8 masks) is chosen automatically for the tiny model or a CPU.
 figures: setup
-	$(BIN)/emerdiff-lab figures --model $(MODEL) --device $(DEVICE) --dtype $(DTYPE) \
+	$(BIN)/emerdiff-lab figures --model $(FIGURES_MODEL) --device $(DEVICE) --dtype $(DTYPE) \
 		$(SIZE_ARGS) --out figures $(FIGURES_ARGS)
 
 clean:
