@@ -11,9 +11,9 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 # MODEL: toyworld (the project's own small trained model: offline, 64 px synthetic scenes),
 # tiny (random weights, mechanics only), or a hub id / diffusers folder with real weights.
-# Unset, demo uses toyworld and figures uses tiny: quick-mode figures with toyworld took about
-# 25 min on 2 shared CPU cores, past the 15 min budget of `make figures`, against under 3 min
-# with tiny. `make figures MODEL=toyworld` makes the trained model's figures.
+# Unset, demo uses toyworld and figures uses tiny: quick-mode figures with toyworld took 27 min
+# (1,619 s) on 2 CPU cores shared with other jobs, past the 15 min budget of `make figures`;
+# tiny took under 3 min. `make figures MODEL=toyworld` makes the trained model's figures.
 MODEL ?=
 DEMO_MODEL = $(or $(MODEL),toyworld)
 FIGURES_MODEL = $(or $(MODEL),tiny)
