@@ -203,8 +203,7 @@ def miou(pred: torch.Tensor, gt: torch.Tensor) -> float:
     """Hungarian-matched mIoU of one prediction (from ``emerdiff_lab.evaluation.metrics``)."""
     from .evaluation.metrics import hungarian_miou
 
-    result = hungarian_miou(pred, gt, ignore_index=255)
-    return float(result["miou"] if isinstance(result, dict) else getattr(result, "miou", result))
+    return hungarian_miou(pred, gt, ignore_index=255).miou
 
 
 def segment_example(ctx: FigureContext, example: Example, cfg=None, *, inversion=None,
