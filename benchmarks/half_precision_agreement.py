@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=4, help="held-out scenes")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be at least 1")
 
     full = edl.load_model(args.model, device=args.device, dtype="float32")
     half = edl.load_model(args.model, device=args.device, dtype=args.dtype)
@@ -50,14 +52,17 @@ def main(argv=None) -> int:
         matched = hungarian_miou(segs[1], segs[0], ignore_index=None)
         end_to_end.append(matched.pixel_accuracy)
         print(f"scene {index}: stage 2 {stage2[-1]:.4f}, end to end {end_to_end[-1]:.4f}")
-    record = {"model": args.model, "device": args.device, "dtype": args.dtype,
-              "scenes": args.n, "stage2_per_scene": stage2, "end_to_end_per_scene": end_to_end,
-              "stage2_mean": sum(stage2) / len(stage2),
-              "end_to_end_mean": sum(end_to_end) / len(end_to_end), "torch": torch.__version__,
-              "command": " ".join(["half_precision_agreement.py", *(argv or sys.argv[1:])])}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2))
-    print(json.dumps(record, indent=2))
+        # Written after every scene, so that a stopped run keeps what it measured.
+        record = {"model": args.model, "device": args.device, "dtype": args.dtype,
+                  "scenes": len(stage2), "scenes_asked": args.n,
+                  "stage2_per_scene": stage2, "end_to_end_per_scene": end_to_end,
+                  "stage2_mean": sum(stage2) / len(stage2),
+                  "stage2_min": min(stage2), "end_to_end_mean": sum(end_to_end) / len(end_to_end),
+                  "end_to_end_min": min(end_to_end), "torch": torch.__version__,
+                  "command": " ".join(["half_precision_agreement.py", *(argv or sys.argv[1:])])}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2))
+    print(args.json.read_text())
     return 0
 
 

@@ -10,6 +10,7 @@ perturb one region of a 16x16 feature map during denoising and see which pixels 
 """
 
 from .assembly import assemble, gaussian_blur, prepare_maps, upsample_bilinear
+from .compilation import compile_model
 from .config import EmerDiffConfig
 from .features import extract_features, kmeans_masks, mask_embeddings
 from .images import PreparedImage, load_image, prepare_image, sample_images
@@ -24,8 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EmerDiffConfig", "EmerDiffModel", "Inversion", "Perturbation", "PreparedImage",
-    "Segmentation", "assemble", "extract_features", "from_pipeline", "gaussian_blur", "invert",
-    "kmeans_masks", "load_image", "load_model", "mask_embeddings", "perturb",
-    "pixel_change_maps", "prepare_image", "prepare_maps", "reconstruct", "resolve_layers",
-    "sample", "sample_images", "segment", "upsample_bilinear",
+    "Segmentation", "assemble", "compile_model", "extract_features", "from_pipeline",
+    "gaussian_blur", "invert", "kmeans_masks", "load_image", "load_model", "mask_embeddings",
+    "perturb", "pixel_change_maps", "prepare_image", "prepare_maps", "reconstruct",
+    "resolve_layers", "sample", "sample_images", "segment", "upsample_bilinear",
 ]

@@ -75,6 +75,14 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = "tin
                         help="never try the network; use the local cache only")
 
 
+def add_compile_option(parser: argparse.ArgumentParser) -> None:
+    """--compile, for the subcommands that run many images through one loaded model."""
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet's ResNet blocks and the VAE decoder "
+                             "(compiling costs tens of seconds once; it pays over many images, "
+                             "see BENCHMARKS.md)")
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per EmerDiffConfig field (--num-masks, --modulation-timestep, ...)."""
     group = parser.add_argument_group("EmerDiff hyperparameters (default: the model's own)")
@@ -109,8 +117,13 @@ def config_from_args(args: argparse.Namespace, base: EmerDiffConfig) -> EmerDiff
 def load_model_from_args(args: argparse.Namespace):
     from .models import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                      local_files_only=args.local_files_only)
+    model = load_model(args.model, device=args.device, dtype=args.dtype,
+                       revision=args.revision, local_files_only=args.local_files_only)
+    if getattr(args, "compile", False):
+        from .compilation import compile_model
+
+        compile_model(model)
+    return model
 
 
 def _add_segment(subparsers) -> None:
@@ -128,6 +141,7 @@ def _add_segment(subparsers) -> None:
                         help="write labels at model resolution instead of the input's size")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(parser)
+    add_compile_option(parser)
     add_config_options(parser)
     parser.set_defaults(handler=_run_segment)
 

@@ -89,12 +89,18 @@ def posterior_std(model: EmerDiffModel, timestep: int, num_inference_steps: int)
 
 
 def ddpm_step(model: EmerDiffModel, model_output: torch.Tensor, timestep: int,
-              latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+              latents: torch.Tensor, noise: torch.Tensor, num_inference_steps: int
+              ) -> torch.Tensor:
     """One DDPM step x_t -> x_{t-1} = mu_t(x_t) + sigma_t * noise, float32, batched over dim 0.
 
     ``model_output`` is the UNet's prediction (epsilon or v, by the scheduler's
     ``prediction_type``); the diffusers DDIM scheduler with eta = 1 forms the DDPM posterior.
+    The previous timestep depends on the schedule's length, which the scheduler holds as state:
+    it is set here from ``num_inference_steps``, so that a trajectory made on one schedule is
+    never stepped on another one set by a later call.
     """
+    if model.scheduler.num_inference_steps != num_inference_steps:
+        model.scheduler.set_timesteps(num_inference_steps)
     return model.scheduler.step(model_output.float(), int(timestep), latents.float(), eta=1.0,
                                 variance_noise=noise.float()).prev_sample
 
@@ -161,7 +167,7 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     noise = torch.empty_like(noisy)
     for i, t in enumerate(timesteps.tolist()):
         mean = ddpm_step(model, predictions[i:i + 1], t, noisy[i:i + 1],
-                         torch.zeros_like(noisy[i:i + 1]))[0]
+                         torch.zeros_like(noisy[i:i + 1]), cfg.num_inference_steps)[0]
         noise[i] = (latents[i + 1] - mean) / posterior_std(model, t, cfg.num_inference_steps)
     return Inversion(timesteps=timesteps, latents=latents, noise=noise,
                      prompt_embeds=prompt_embeds, image=pixels.cpu(),
@@ -179,6 +185,7 @@ def reconstruct(model: EmerDiffModel, inversion: Inversion, start_timestep: int 
     for i in range(start, len(inversion.timesteps)):
         t = int(inversion.timesteps[i])
         prediction = unet_predict(model, current, torch.tensor([t]), inversion.prompt_embeds)
-        current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1])
+        current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1],
+                            inversion.num_inference_steps)
         visited.append(current[0])
     return torch.stack(visited)

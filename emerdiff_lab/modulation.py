@@ -189,7 +189,8 @@ def _denoise_batched(model, inversion, offsets, modulation_layer, start, cfg):
             prediction = unet_predict(model, current, torch.full((batch,), t),
                                       inversion.prompt_embeds)
             current = ddpm_step(model, prediction, t, current,
-                                inversion.noise[i:i + 1].expand(batch, -1, -1, -1))
+                                inversion.noise[i:i + 1].expand(batch, -1, -1, -1),
+                                inversion.num_inference_steps)
     return current
 
 
@@ -206,11 +207,13 @@ def _denoise_plain(model, inversion, offset, modulation_layer, start, cfg):
             if cfg.attention_injection:
                 control.offsets, control.injection = {}, INJECT_RECORD
                 prediction = unet_predict(model, reference, t, inversion.prompt_embeds)
-                reference = ddpm_step(model, prediction, int(t), reference, noise)
+                reference = ddpm_step(model, prediction, int(t), reference, noise,
+                                      inversion.num_inference_steps)
                 control.injection = INJECT_REPLAY
             control.offsets = {modulation_layer: offset} if i == start else {}
             prediction = unet_predict(model, modulated, t, inversion.prompt_embeds)
-            modulated = ddpm_step(model, prediction, int(t), modulated, noise)
+            modulated = ddpm_step(model, prediction, int(t), modulated, noise,
+                                  inversion.num_inference_steps)
             control.recorded = {}
     return modulated
 

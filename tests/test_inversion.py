@@ -15,11 +15,11 @@ def test_schedule_is_sds_50_step_ddpm(tiny_model):
 
 
 def test_posterior_std_matches_the_schedulers_step(tiny_model):
-    schedule(tiny_model, 50)
+    schedule(tiny_model, 10)  # ddpm_step must not depend on the schedule set by another call
     x, eps = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
     for t in (981, 281, 1):
-        zero = ddpm_step(tiny_model, eps, t, x, torch.zeros_like(x))
-        one = ddpm_step(tiny_model, eps, t, x, torch.ones_like(x))
+        zero = ddpm_step(tiny_model, eps, t, x, torch.zeros_like(x), 50)
+        one = ddpm_step(tiny_model, eps, t, x, torch.ones_like(x), 50)
         assert torch.allclose(one - zero, torch.full_like(x, posterior_std(tiny_model, t, 50)),
                               atol=1e-6)
     # the last step keeps SD's alpha-bar at t = 0 (0.99915): variance about 4e-4, not zero
@@ -83,3 +83,11 @@ def test_timestep_off_the_schedule_is_refused(tiny_model, image128):
     inv = edl.invert(tiny_model, image128, tiny_model.default_config, progress=False)
     with pytest.raises(ValueError, match="not in this inversion"):
         inv.index_of(481)
+
+
+def test_reconstruction_ignores_a_schedule_set_by_a_later_call(tiny_model, full_inversion):
+    """The scheduler holds the schedule's length as state; an inversion made on 50 steps must
+    still be denoised on 50 steps after another call set a 10-step schedule."""
+    schedule(tiny_model, 10)
+    visited = edl.reconstruct(tiny_model, full_inversion, 281)
+    assert (visited[-1] - full_inversion.latents[-1]).abs().max() < 1e-4

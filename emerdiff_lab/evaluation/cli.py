@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import add_config_options, add_model_options, config_from_args, load_model_from_args
+from ..cli import (add_compile_option, add_config_options, add_model_options, config_from_args,
+                   load_model_from_args)
 from .datasets import DATASETS
 from .runner import PROTOCOLS
 
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
                         help="open-vocab: side of CLIP's input in pixels (default: 448)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_options(parser)
+    add_compile_option(parser)
     add_config_options(parser)
     parser.set_defaults(handler=run_evaluate)
 

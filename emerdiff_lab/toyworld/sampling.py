@@ -35,5 +35,5 @@ def sample(model, n: int, *, seed: int = 0, num_inference_steps: int = 50, promp
                   disable=not progress):
         prediction = unet_predict(model, latents, torch.full((n,), t), embeds)
         noise = torch.randn(latents.shape, generator=generator).to(model.device)
-        latents = ddpm_step(model, prediction, t, latents, noise)
+        latents = ddpm_step(model, prediction, t, latents, noise, num_inference_steps)
     return model.decode(latents).cpu()
