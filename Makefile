@@ -1,6 +1,6 @@
 # The README's commands. Each target sets up its own environment from nothing on a fresh clone.
 #   make demo     segment bundled images with the offline ToyWorld model -> figures/demo/
-#   make test     run the test suite (offline)
+#   make test     lint (ruff) and run the test suite (offline)
 #   make figures  execute every notebook headlessly -> figures/
 # Override e.g. MODEL=CompVis/stable-diffusion-v1-4 DEVICE=cuda DTYPE=float16 NUM_MASKS=30.
 
@@ -44,6 +44,7 @@ demo: setup
 	@echo "results written to figures/demo/"
 
 test: setup
+	$(BIN)/ruff check emerdiff_lab benchmarks scripts tests
 	$(BIN)/pytest
 
 # Quick mode (128 px, <= 8 masks) is chosen automatically for the tiny model or a CPU.

@@ -126,8 +126,12 @@ def peak_memory_gb(model) -> float:
 
 
 def _synchronize(model):
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
+    _synchronize_device(model.device)
+
+
+def _synchronize_device(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> int:
@@ -147,7 +151,8 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS,
                         help="folder of SD 1.4 configs for sd14-random")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="device peak for the achieved fraction (default: known GPUs only)")
+                        help="device peak for the achieved fraction (default: the datasheet "
+                             "of a known GPU, else a measured matrix product)")
     parser.add_argument("--json", type=Path, required=True, help="where to write the record")
     args = parser.parse_args(argv)
 
@@ -182,8 +187,9 @@ def main(argv=None) -> int:
     record["flops_per_image"] = flops_of_one_image(model, image, cfg, record["optimized"])
     achieved = record["flops_per_image"] / record["optimized_s"] / 1e12
     record["achieved_tflops"] = round(achieved, 3)
-    peak = args.peak_tflops or _known_peak(model.device)
-    record["fraction_of_peak"] = round(achieved / peak, 4) if peak else None
+    peak, record["peak_source"] = _peak(args.peak_tflops, model.device, model.dtype)
+    record["peak_tflops"] = round(peak, 3)
+    record["fraction_of_peak"] = round(achieved / peak, 4)
     if "naive_s" in record:
         record["speedup"] = round(record["naive_s"] / record["optimized_s"], 2)
         if args.dtype == "float32":
@@ -194,11 +200,33 @@ def main(argv=None) -> int:
     return 0
 
 
-def _known_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+def _peak(given: float | None, device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """The device's peak TFLOP/s and where it comes from: given, a known GPU's datasheet, or
+    else measured as the best dense matrix product in ``dtype`` (the attainable peak)."""
+    if given:
+        return given, "given (--peak-tflops)"
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        name = torch.cuda.get_device_name(device)
+        known = next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+        if known:
+            return known, f"datasheet, dense half precision ({name})"
+    return matmul_tflops(device, dtype), f"measured: best {MATMUL_SIZE}^3 matmul in {dtype}"
+
+
+MATMUL_SIZE = 2048
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best TFLOP/s of an n x n x n matrix product (n = MATMUL_SIZE) in ``dtype``."""
+    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype) for _ in "ab")
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        _synchronize_device(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize_device(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * MATMUL_SIZE**3 / best / 1e12
 
 
 def _machine(device: str) -> str:

@@ -1,5 +1,7 @@
 """Renders the JSON records of bench_segment.py as the markdown table of BENCHMARKS.md.
 
+Records of other scripts in the same folder are skipped.
+
     python benchmarks/make_table.py benchmarks/results/*.json
 """
 
@@ -21,7 +23,7 @@ def row(record: dict) -> str:
         f"{record['speedup']:.2f}x" if "speedup" in record else "-",
         f"{record['peak_memory_gb']:.2f}",
         f"{record['flops_per_image'] / 1e12:.3f}",
-        f"{fraction:.1%}" if fraction is not None else "unknown (CPU)",
+        f"{fraction:.1%}" if fraction is not None else "not recorded",
     ])
 
 
@@ -30,7 +32,9 @@ def main(paths: list[str]) -> int:
           "peak memory GB | TFLOP/image | fraction of peak |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in sorted(paths):
-        print("| " + row(json.loads(Path(path).read_text())) + " |")
+        record = json.loads(Path(path).read_text())
+        if "optimized_s" in record:  # other scripts' records (agreement, ...) share the folder
+            print("| " + row(record) + " |")
     return 0
 
 

@@ -28,8 +28,10 @@ bench --model sd14-random --image-size 512 --num-masks 30 --dtype bfloat16 --ski
 # Naive against optimized, side by side, where the naive path takes seconds rather than minutes.
 bench --model sd14-random --image-size 256 --num-masks 8 --dtype float16 \
     --json "$OUT/gpu-sd14random-256-k8-fp16.json"
-bench --model sd14-random --image-size 512 --num-masks 30 --dtype float16 --skip-naive --compile \
-    --json "$OUT/gpu-sd14random-512-k30-fp16-compiled.json"
+# Eager against compiled, interleaved, both warmed up.
+$PY benchmarks/bench_compile.py --device cuda --configs "$CONFIGS" --model sd14-random \
+    --image-size 512 --num-masks 30 --dtype float16 --repeats 2 \
+    --json "$OUT/gpu-compile-ab-sd14random-512-k30-fp16.json"
 # float16 against float32 labels on the trained ToyWorld model.
 $PY benchmarks/half_precision_agreement.py --device cuda --dtype float16 --n 8 \
     --json "$OUT/agreement-toyworld-fp16-cuda.json"

@@ -79,8 +79,8 @@ def add_compile_option(parser: argparse.ArgumentParser) -> None:
     """--compile, for the subcommands that run many images through one loaded model."""
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the UNet's ResNet blocks and the VAE decoder "
-                             "(compiling costs tens of seconds once; it pays over many images, "
-                             "see BENCHMARKS.md)")
+                             "(compiling costs tens of seconds once; measured no faster on a "
+                             "CPU, not yet measured on a GPU: see BENCHMARKS.md)")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

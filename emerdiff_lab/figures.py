@@ -101,7 +101,8 @@ def setup(model: str = "tiny", device: str | None = None, dtype: str = "float32"
 
 
 def find_voc14() -> Path | None:
-    """``$EMERDIFF_SHARED/data/voc14`` or ``../shared/data/voc14`` beside the repository, if present."""
+    """``$EMERDIFF_SHARED/data/voc14`` or ``../shared/data/voc14`` beside the repository, if
+    present."""
     shared = Path(os.environ.get("EMERDIFF_SHARED", REPO_ROOT.parent / "shared"))
     voc = shared / "data" / "voc14"
     return voc if (voc / "images").is_dir() and (voc / "labels").is_dir() else None

@@ -1,8 +1,10 @@
-"""Turning user images (paths, PIL, arrays, tensors) into the square tensors the model sees, and back.
+"""Turning user images (paths, PIL, arrays, tensors) into the square tensors the model sees,
+and back.
 
 The model sees a square: the image is resized so that its shorter side is ``size`` pixels
-(bicubic, antialiased), then the centre ``size`` x ``size`` square is cropped. :class:`PreparedImage`
-remembers that geometry so that labels can be mapped back onto the original image.
+(bicubic, antialiased), then the centre ``size`` x ``size`` square is cropped.
+:class:`PreparedImage` remembers that geometry so that labels can be mapped back onto the
+original image.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def _to_chw_float(src) -> torch.Tensor:
 
 
 def open_image(path: Path):
-    """Opens an image file with EXIF orientation applied; clear errors for missing or corrupt files."""
+    """Opens an image file with EXIF orientation applied; clear errors for missing or corrupt
+    files."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.exists():

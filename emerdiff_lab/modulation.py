@@ -71,7 +71,7 @@ def perturb(model: EmerDiffModel, inversion: Inversion, region, cfg: EmerDiffCon
     regions = _check_regions(model, inversion, cfg, torch.as_tensor(region)[None])
     signs = torch.tensor([1.0, -1.0])
     latents, reference = _modulated_latents(model, inversion, regions.repeat(2, 1, 1), signs, cfg,
-                                            path=path, progress=False)
+                                            path=path, progress=False, need_reference=True)
     plus, minus, reference = model.decode(torch.cat([latents, reference[None]])).cpu()
     return Perturbation(plus=plus, minus=minus, diff=rgb_distance(plus, minus),
                         reference=reference, region=regions[0].cpu())
@@ -133,8 +133,13 @@ def _check_regions(model, inversion, cfg, regions: torch.Tensor) -> torch.Tensor
     return regions
 
 
-def _modulated_latents(model, inversion, regions, signs, cfg, *, path, progress):
-    """Final latents (N, C, h, w) of N modulated denoisings, and the reference's (C, h, w)."""
+def _modulated_latents(model, inversion, regions, signs, cfg, *, path, progress,
+                       need_reference=False):
+    """Final latents (N, C, h, w) of N modulated denoisings, and the reference's (C, h, w).
+
+    The batched path gets the reference for free (element 0); the reference path denoises it
+    separately, only when ``need_reference`` (else it returns None for it).
+    """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
@@ -146,7 +151,8 @@ def _modulated_latents(model, inversion, regions, signs, cfg, *, path, progress)
         results = [_denoise_plain(model, inversion, offsets[i:i + 1], modulation_layer, start, cfg)
                    for i in tqdm(range(len(offsets)), desc="modulated denoising (reference)",
                                  disable=not progress, leave=False)]
-        return torch.cat(results), _reconstruction_latent(model, inversion, start)
+        reference = _reconstruction_latent(model, inversion, start) if need_reference else None
+        return torch.cat(results), reference
     return _denoise_in_chunks(model, inversion, offsets, modulation_layer, start, cfg, progress)
 
 

@@ -1,4 +1,5 @@
-"""Figures of EmerDiff results: matplotlib/seaborn helpers that take maps, labels and images directly.
+"""Figures of EmerDiff results: matplotlib/seaborn helpers that take maps, labels and images
+directly.
 
 Every helper takes plain tensors or arrays (images (3, H, W) in [0, 1], labels (H, W) ints, maps
 (H, W) floats) and draws onto matplotlib axes. Figures made with random weights must say so:

@@ -1,4 +1,5 @@
-"""EmerDiff end to end: one call from an image to an image-resolution segmentation, with provenance."""
+"""EmerDiff end to end: one call from an image to an image-resolution segmentation, with
+provenance."""
 
 from __future__ import annotations
 

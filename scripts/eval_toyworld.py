@@ -87,9 +87,9 @@ def run_table(args) -> None:
 
 @torch.no_grad()
 def activation_rms(model, pixels: torch.Tensor, cfg) -> dict[str, float]:
-    """RMS over scenes, tokens and channels of the residual stream entering the modulation layer's
-    transformer block and of the attention output (after to_out), at the modulation timestep: the scale that
-    the offset lambda is added to. pixels (n, 3, S, S) in [0, 1]."""
+    """RMS over scenes, tokens and channels of the residual stream entering the modulation
+    layer's transformer block and of the attention output (after to_out), at the modulation
+    timestep: the scale that the offset lambda is added to. pixels (n, 3, S, S) in [0, 1]."""
     from emerdiff_lab.features import layer_names
     from emerdiff_lab.inversion import unet_predict
 

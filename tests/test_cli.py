@@ -1,4 +1,5 @@
-"""The command line: segment writes its three outputs, options reach the config, errors are clear."""
+"""The command line: segment writes its three outputs, options reach the config, errors are
+clear."""
 
 import json
 import subprocess

@@ -35,7 +35,7 @@ def test_hungarian_per_image_matching():
     # bilinear, image A: mask 0 = 2 px of class 0, mask 1 = 2 px class 0 + 4 px class 1 ->
     # matched tp (2, 4), predicted (2, 6). Image B: mask 0 = 4 px class 1 + 2 px class 0, mask 1
     # only ignored pixels -> tp (0, 4), predicted (0, 6). IoU 2/6 and 8/12: mean 0.5.
-    tp = np.array([2, 8]); gt = np.array([6, 8]); pred = np.array([2, 6 + 6])
+    tp, gt, pred = np.array([2, 8]), np.array([6, 8]), np.array([2, 6 + 6])
     assert np.mean(tp / (gt + pred - tp)) == pytest.approx(0.5)
     assert result["bilinear"]["miou"] == pytest.approx(0.5)
     assert result["bilinear"]["pixel_accuracy"] == pytest.approx(10 / 14)
@@ -61,7 +61,9 @@ def test_traditional_protocol_clusters_over_the_dataset():
 
 
 def test_direct_scores_class_maps():
-    records = lambda: iter([{"gt": GT_A, "emerdiff": GT_A, "bilinear": 1 - GT_A}])
+    def records():
+        return iter([{"gt": GT_A, "emerdiff": GT_A, "bilinear": 1 - GT_A}])
+
     result = P.direct(records, num_classes=2)
     assert result["emerdiff"]["miou"] == 1.0 and result["bilinear"]["miou"] == 0.0
 

@@ -1,4 +1,5 @@
-"""ToyWorld: scene generator, packaged model, sampler, and a small re-run of the recorded evaluation."""
+"""ToyWorld: scene generator, packaged model, sampler, and a small re-run of the recorded
+evaluation."""
 
 import json
 import time

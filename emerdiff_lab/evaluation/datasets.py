@@ -83,8 +83,9 @@ def read_label_png(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"label file not found: {str(path)!r}")
     with Image.open(path) as image:
         if image.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(f"label {str(path)!r} has mode {image.mode}; expected a single-channel "
-                             f"PNG (palette 'P' or grayscale 'L') holding class ids")
+            raise ValueError(f"label {str(path)!r} has mode {image.mode}; expected a "
+                             f"single-channel PNG (palette 'P' or grayscale 'L') holding class "
+                             f"ids")
         return np.asarray(image).astype(np.int64)
 
 

@@ -1,4 +1,5 @@
-"""ToyWorld: generated landscape scenes with exact labels, and a small diffusion model trained on them.
+"""ToyWorld: generated landscape scenes with exact labels, and a small diffusion model trained
+on them.
 
     from emerdiff_lab.toyworld import generate_scene, load_toyworld, sample
     image, labels = generate_scene(0)            # (64, 64, 3) uint8, (64, 64) int64

@@ -1,10 +1,12 @@
-"""The ToyWorld model: a small pixel-space diffusion UNet trained by this project on generated scenes.
+"""The ToyWorld model: a small pixel-space diffusion UNet trained by this project on generated
+scenes.
 
 Architecture (64 px, RGB in [-1, 1] is its own latent, no VAE):
 resolution 64 -> 32 -> 16 -> 8 with plain residual blocks at 64 and 32, transformer blocks
-(self- and cross-attention) at 16 (down and up) and in the 8x8 middle block. The lowest-resolution up block
-with cross-attention is therefore the 16x16 one, so EmerDiff reads and modulates 16x16 features
-(4x4-pixel cells), the same cell-to-image ratio as SD's 16x16 layers at 64x64 latents.
+(self- and cross-attention) at 16 (down and up) and in the 8x8 middle block. The
+lowest-resolution up block with cross-attention is therefore the 16x16 one, so EmerDiff reads
+and modulates 16x16 features (4x4-pixel cells), the same cell-to-image ratio as SD's 16x16
+layers at 64x64 latents.
 Conditioning is fixed: the empty prompt's embedding from a small seeded CLIP text encoder, computed
 once for training and stored in the weight file (the loaded model's text encoder returns it).
 """
@@ -86,7 +88,8 @@ def null_embedding(text_encoder, tokenizer) -> torch.Tensor:
 
 
 class NullTextEncoder(torch.nn.Module):
-    """A text encoder with one output: the stored empty-prompt embedding (ToyWorld is unconditional).
+    """A text encoder with one output: the stored empty-prompt embedding (ToyWorld is
+    unconditional).
 
     Called like a transformers text model: ``encoder(input_ids)[0]`` is (B, 77, 32). Any ids other
     than the empty prompt's raise ValueError, so a prompt is never silently ignored. Storing the
@@ -96,7 +99,8 @@ class NullTextEncoder(torch.nn.Module):
 
     def __init__(self, embedding: torch.Tensor, null_ids: torch.Tensor):
         super().__init__()
-        if embedding.ndim != 3 or embedding.shape[0] != 1 or null_ids.shape != (1, embedding.shape[1]):
+        if (embedding.ndim != 3 or embedding.shape[0] != 1
+                or null_ids.shape != (1, embedding.shape[1])):
             raise ValueError(f"expected a (1, T, C) embedding and (1, T) ids, got "
                              f"{tuple(embedding.shape)} and {tuple(null_ids.shape)}")
         # A parameter, not a buffer, so that device/dtype moves and ``parameters()`` see it.

@@ -1,4 +1,5 @@
-"""Drawing images from a pixel-space model with the ancestral DDPM sampler (to see what it learned)."""
+"""Drawing images from a pixel-space model with the ancestral DDPM sampler (to see what it
+learned)."""
 
 from __future__ import annotations
 
