@@ -18,20 +18,15 @@ import sys
 from pathlib import Path
 
 import torch
-from bench_segment import DEFAULT_CONFIGS, load, run_optimized, timed
+from bench_segment import add_workload_options, load, run_optimized, timed
 
 import emerdiff_lab as edl
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny, sd14-random, or a load_model id")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--num-masks", type=int, default=16)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32")
+    add_workload_options(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each model")
-    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
 

@@ -134,13 +134,20 @@ def _synchronize_device(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_workload_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --image-size, --num-masks, --device, --dtype, --configs: what is timed."""
     parser.add_argument("--model", default="tiny", help="tiny, sd14-random, or a load_model id")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--num-masks", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", help="dtype of the optimized path")
+    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS,
+                        help="folder of SD 1.4 configs for sd14-random")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_workload_options(parser)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="elements per UNet call of the optimized path (default: automatic)")
     parser.add_argument("--skip-naive", action="store_true", help="time the optimized path only")
@@ -148,8 +155,6 @@ def main(argv=None) -> int:
                         help="torch.compile the optimized model's UNet ResNet blocks and VAE "
                              "decoder (emerdiff_lab.compile_model); the first (compiling) run is "
                              "timed apart as first_run_s")
-    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS,
-                        help="folder of SD 1.4 configs for sd14-random")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device peak for the achieved fraction (default: the datasheet "
                              "of a known GPU, else a measured matrix product)")

@@ -40,6 +40,7 @@ def test_bench_segment_times_both_paths_and_renders_a_row(tmp_path, capsys):
     cells = [cell.strip() for cell in table[2].strip("| ").split("|")]
     assert cells[2] == "float32" and cells[5] == f"{record['speedup']:.2f}x"
 
+
 def test_injection_attention_variants_agree(capsys):
     load_script("bench_injection_attention").main(["--device", "cpu", "--tokens", "64",
                                                    "--batch", "3", "--repeats", "1"])

@@ -32,3 +32,18 @@ def test_compiled_model_gives_the_eager_maps(tiny_model, fast_cfg):
 def test_unknown_parts_are_refused(tiny_model, parts):
     with pytest.raises(ValueError, match="parts must be"):
         edl.compile_model(tiny_model, parts=parts)
+
+
+@pytest.mark.parametrize("argv, compiled", [([], False), (["--compile"], True)])
+def test_cli_compile_option_reaches_the_model(monkeypatch, argv, compiled):
+    import argparse
+
+    from emerdiff_lab import cli, compilation
+
+    calls = []
+    monkeypatch.setattr(compilation, "compile_model", lambda model: calls.append(model) or model)
+    parser = argparse.ArgumentParser()
+    cli.add_model_options(parser)
+    cli.add_compile_option(parser)
+    model = cli.load_model_from_args(parser.parse_args(["--device", "cpu", *argv]))
+    assert calls == ([model] if compiled else [])
