@@ -126,10 +126,10 @@ def peak_memory_gb(model) -> float:
 
 
 def _synchronize(model):
-    _synchronize_device(model.device)
+    synchronize_device(model.device)
 
 
-def _synchronize_device(device: torch.device):
+def synchronize_device(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -226,10 +226,10 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 5) ->
     a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype) for _ in "ab")
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
-        _synchronize_device(device)
+        synchronize_device(device)
         start = time.perf_counter()
         a @ b
-        _synchronize_device(device)
+        synchronize_device(device)
         best = min(best, time.perf_counter() - start)
     return 2 * MATMUL_SIZE**3 / best / 1e12
 

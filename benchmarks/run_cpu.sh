@@ -18,4 +18,6 @@ bench --model sd14-random --image-size 256 --num-masks 4 --json $OUT/cpu-sd14ran
 bench --model sd14-random --image-size 512 --num-masks 2 --skip-naive --json $OUT/cpu-sd14random-512-k2.json
 $PY benchmarks/bench_injection_attention.py --device cpu --tokens 1024 4096 --batch 9 31 \
     > $OUT/cpu-injection-attention.md
+$PY benchmarks/bench_memory_format.py --device cpu --image-size 256 --batch 9 \
+    > $OUT/cpu-memory-format.md
 $PY benchmarks/make_table.py $OUT/*.json

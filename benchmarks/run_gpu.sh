@@ -20,6 +20,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 # Materialised reference probabilities against fused SDPA per element, at SD 1.4's shapes.
 $PY benchmarks/bench_injection_attention.py --device cuda --dtype float16 --tokens 1024 4096 \
     --batch 16 31 61 > "$OUT/gpu-injection-attention.md"
+# Channels-last against contiguous convolutions, UNet call of 31 elements and VAE decode.
+$PY benchmarks/bench_memory_format.py --device cuda --dtype float16 --image-size 512 --batch 31 \
+    --configs "$CONFIGS" > "$OUT/gpu-memory-format.md"
 # The headline: SD 1.4 architecture (random weights), 512 px, K = 30, half precision.
 bench --model sd14-random --image-size 512 --num-masks 30 --dtype float16 --skip-naive \
     --json "$OUT/gpu-sd14random-512-k30-fp16.json"
