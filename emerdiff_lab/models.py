@@ -154,8 +154,9 @@ def load_model(
             ``"CompVis/stable-diffusion-v1-4"`` or ``"stabilityai/stable-diffusion-2-1-base"``, or
             the path of a folder written by ``StableDiffusionPipeline.save_pretrained``.
         device: "cuda", "mps", "cpu"; None picks the best available.
-        dtype: "float32" (default), "float16" or "bfloat16". On a GPU use float16: on ToyWorld
-            it labels 99.9% of pixels as float32 does, bfloat16 only 97.4% (BENCHMARKS.md).
+        dtype: "float32" (default), "float16" or "bfloat16". On ToyWorld float16 labels 99.9%
+            of pixels as float32 does; bfloat16 97.4%, with the same mIoU. On a GPU use float16;
+            on a CPU with AMX units bfloat16 ran 3x faster than float32 (BENCHMARKS.md).
         revision, variant, token, cache_dir, local_files_only: passed to diffusers'
             ``from_pretrained`` (``variant="fp16"`` picks half-precision weight files).
         seed: weight seed of the tiny model (ignored for real weights).
