@@ -31,7 +31,8 @@ from emerdiff_lab.toyworld import HELDOUT_SEED_START, generate_scene
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="toyworld")
+    parser.add_argument("--model", default="toyworld", choices=["toyworld"],
+                        help="a model trained on ToyWorld scenes (their exact labels score it)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=4, help="held-out scenes")
