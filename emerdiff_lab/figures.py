@@ -246,11 +246,12 @@ def ablation_settings(ctx: FigureContext) -> list[tuple[str, str, dict]]:
     cells = grid * grid
     layers = block.cross_attention_layers
     short = {name: f"{block.block_name} attn {i}" for i, name in enumerate(layers)}
-    masks = [k for k in (10, 20, 30, 40) if k <= cells // 2] if not quick else []
-    masks = masks or [2, 4, 8]
+    candidates = [] if quick else [k for k in (10, 20, 30, 40) if k <= cells // 2]
+    candidates = candidates or [2, 4, 8]
+    if quick:  # nothing above the configured K but the smallest candidate
+        candidates = [k for k in candidates if k <= max(cfg.num_masks, candidates[0])]
     # The configured K is always in the sweep, so that the default point is marked.
-    masks = sorted({k for k in masks if k <= max(cfg.num_masks, min(masks))} | {cfg.num_masks}) \
-        if quick else sorted(set(masks) | {cfg.num_masks})
+    masks = sorted(set(candidates) | {cfg.num_masks})
     settings = [("number of masks (T4)", str(k), {"num_masks": k}) for k in masks]
     settings += [("feature layer (T5)", short[name], {"feature_layer": name}) for name in layers]
     t_f = (1, 261, 501) if quick else (1, 101, 261, 501, 761)

@@ -48,17 +48,6 @@ def _miou(pred: torch.Tensor, gt: torch.Tensor) -> float:
     return float(hungarian_miou(pred.cpu().numpy(), gt.cpu().numpy()).miou)
 
 
-def mask_miou(model, pixels: torch.Tensor, labels: torch.Tensor, cfg: EmerDiffConfig) -> float:
-    """Hungarian mIoU of the nearest-upsampled k-means masks of one scene (stage 1 only).
-
-    pixels (3, S, S) in [0, 1]; labels (S, S) int64.
-    """
-    features = extract_features(model, pixels, cfg)
-    lowres = kmeans_masks(features, k=cfg.num_masks, seed=cfg.seed,
-                          normalization=cfg.feature_normalization)
-    return _miou(nearest_upsample(lowres, pixels.shape[-1]), labels)
-
-
 def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor,
                    cfg: EmerDiffConfig) -> dict[str, float]:
     """Per-image Hungarian mIoU of every method in ``METHODS`` for one scene.
