@@ -8,10 +8,13 @@ they can be ablated.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 OFFSET_PLACEMENTS = ("after_projection", "before_projection")
 FEATURE_NORMALIZATIONS = ("l2", "none")
+# numpy's and scikit-learn's random states take 32-bit seeds (torch would take 64-bit ones).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -70,18 +73,21 @@ class EmerDiffConfig:
         _require_int("feature_timestep", self.feature_timestep, minimum=0)
         _require_int("modulation_timestep", self.modulation_timestep, minimum=0)
         _require_int("num_inference_steps", self.num_inference_steps, minimum=1)
-        _require_int("seed", self.seed, minimum=0)
+        _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED,
+                     why="numpy and scikit-learn take 32-bit seeds")
         if self.batch_size is not None:
             _require_int("batch_size", self.batch_size, minimum=2,
                          why="it counts the unmodulated reference too")
         if self.decode_batch_size is not None:
             _require_int("decode_batch_size", self.decode_batch_size, minimum=1)
-        if isinstance(self.modulation_strength, bool) or not isinstance(
-                self.modulation_strength, (int, float)):
-            raise ValueError(f"modulation_strength must be a number (lambda), got "
+        # NaN or inf would not fail: they silently label every pixel 0 (strength) or overflow
+        # only after all the computation (sigma).
+        if not _is_finite_number(self.modulation_strength):
+            raise ValueError(f"modulation_strength must be a finite number (lambda), got "
                              f"{self.modulation_strength!r}")
-        if not isinstance(self.blur_sigma, (int, float)) or self.blur_sigma < 0:
-            raise ValueError(f"blur_sigma must be a number >= 0 (pixels), got {self.blur_sigma!r}")
+        if not _is_finite_number(self.blur_sigma) or self.blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be a finite number >= 0 (pixels), got "
+                             f"{self.blur_sigma!r}")
         if self.offset_placement not in OFFSET_PLACEMENTS:
             raise ValueError(f"offset_placement must be one of {OFFSET_PLACEMENTS}, got "
                              f"{self.offset_placement!r}")
@@ -113,7 +119,23 @@ class EmerDiffConfig:
         return cls().replace(**values)
 
 
-def _require_int(name: str, value, *, minimum: int, why: str = "") -> None:
+def check_blur_sigma(blur_sigma: float, image_size: int) -> None:
+    """Raises ValueError unless ``blur_sigma`` (pixels) is at most ``image_size``: a wider
+    Gaussian flattens every difference map, so the argmax would say nothing."""
+    if blur_sigma > image_size:
+        raise ValueError(f"blur_sigma {blur_sigma:g} px is larger than the {image_size} px image "
+                         f"the model sees; use at most {image_size} (paper-like: a few pixels, "
+                         f"default 4)")
+
+
+def _is_finite_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _require_int(name: str, value, *, minimum: int, maximum: int | None = None,
+                 why: str = "") -> None:
+    reason = f" ({why})" if why else ""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        reason = f" ({why})" if why else ""
         raise ValueError(f"{name} must be an integer >= {minimum}{reason}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}{reason}, got {value!r}")

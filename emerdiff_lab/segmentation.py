@@ -4,7 +4,9 @@ provenance."""
 from __future__ import annotations
 
 import json
+import os
 import platform
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +14,10 @@ import numpy as np
 import torch
 
 from .assembly import prepare_maps
-from .config import EmerDiffConfig
+from .config import EmerDiffConfig, check_blur_sigma
 from .features import extract_features, kmeans_masks, mask_embeddings
-from .images import labels_to_original, prepare_image
+from .images import check_model_size, labels_to_original, prepare_image
+from .layers import check_image_size
 from .inversion import invert
 from .models import EmerDiffModel
 from .modulation import pixel_change_maps
@@ -58,29 +61,72 @@ class Segmentation:
         return bool(self.provenance.get("random_weights", False))
 
     def save(self, path: str | Path) -> Path:
-        """Writes ``path`` as .npz (arrays) plus a .json beside it (config and provenance)."""
-        path = Path(path).with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **{name: getattr(self, name).cpu().numpy() for name in _ARRAYS})
+        """Writes ``STEM.npz`` (arrays) and ``STEM.json`` (config and provenance) and returns
+        the .npz path.
+
+        ``path`` is the stem, dots included (``frame.001`` gives ``frame.001.npz``); a trailing
+        ``.npz`` or ``.json`` is dropped. Each file is written to a temporary name and renamed,
+        so a full disk or a kill never leaves a truncated result under the final name.
+        """
+        npz, meta_path = result_paths(path)
+        npz.parent.mkdir(parents=True, exist_ok=True)
         meta = {"config": self.config.to_dict(), "num_masks": self.num_masks,
                 "image_size": self.image_size, "provenance": self.provenance,
                 "notes": list(self.notes)}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-        return path
+        arrays = {name: getattr(self, name).cpu().numpy() for name in _ARRAYS}
+        _write_atomic(npz, lambda handle: np.savez_compressed(handle, **arrays))
+        _write_atomic(meta_path, lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
+        return npz
 
     @classmethod
     def load(cls, path: str | Path) -> Segmentation:
-        """Reads a result written by :meth:`save`."""
-        path = Path(path).with_suffix(".npz")
-        if not path.exists() or not path.with_suffix(".json").exists():
-            raise FileNotFoundError(f"expected {path} and {path.with_suffix('.json')} written by "
+        """Reads a result written by :meth:`save` (``path``: the stem, or either file).
+
+        Raises:
+            FileNotFoundError: either file is missing.
+            ValueError: either file is corrupt or not a saved Segmentation; the message names it.
+        """
+        npz, meta_path = result_paths(path)
+        if not npz.exists() or not meta_path.exists():
+            raise FileNotFoundError(f"expected {npz} and {meta_path} written by "
                                     f"Segmentation.save")
-        meta = json.loads(path.with_suffix(".json").read_text())
-        with np.load(path) as arrays:
-            tensors = {name: torch.from_numpy(arrays[name]) for name in _ARRAYS}
-        return cls(**tensors, config=EmerDiffConfig.from_dict(meta["config"]),
-                   num_masks=meta["num_masks"], image_size=meta["image_size"],
-                   provenance=meta["provenance"], notes=tuple(meta["notes"]))
+        try:
+            meta = json.loads(meta_path.read_text())
+            config = EmerDiffConfig.from_dict(meta["config"])
+            fields = {"num_masks": meta["num_masks"], "image_size": meta["image_size"],
+                      "provenance": meta["provenance"], "notes": tuple(meta["notes"])}
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{meta_path} is corrupt or not written by Segmentation.save "
+                             f"({type(error).__name__}: {error})") from error
+        try:
+            with np.load(npz, allow_pickle=False) as arrays:
+                tensors = {name: torch.from_numpy(arrays[name]) for name in _ARRAYS}
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{npz} is corrupt or not written by Segmentation.save "
+                             f"({type(error).__name__}: {error})") from error
+        return cls(**tensors, config=config, **fields)
+
+
+def result_paths(path: str | Path) -> tuple[Path, Path]:
+    """The (.npz, .json) pair of a saved result: the whole stem is kept, dots included, and only
+    a trailing .npz or .json is dropped (``Path.with_suffix`` would cut ``frame.001`` to
+    ``frame``, so that every frame overwrote the last)."""
+    path = Path(path)
+    if path.suffix.lower() in (".npz", ".json"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".npz"), path.with_name(path.name + ".json")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Calls ``write(handle)`` on a temporary file beside ``path``, then renames it to ``path``;
+    the temporary file is removed if writing fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
@@ -101,7 +147,7 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         progress: show progress bars.
     """
     cfg = cfg or model.default_config
-    image_size = image_size or model.native_image_size
+    image_size = check_segment_settings(model, cfg, image_size)
     prepared = prepare_image(image, image_size)
     pixels = prepared.pixels
     latent = model.encode(pixels[None])[0]  # encoded once, shared by both stages
@@ -126,6 +172,17 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         diff_maps=maps.cpu(), mask_embeddings=mask_embeddings(features, lowres).cpu(),
         config=cfg, num_masks=num_masks, image_size=image_size,
         provenance=provenance(model), notes=tuple(notes))
+
+
+def check_segment_settings(model: EmerDiffModel, cfg: EmerDiffConfig,
+                           image_size: int | None) -> int:
+    """The image side S that :func:`segment` will use (``image_size`` or the model's native
+    size), after checking, before any work, that S suits the model and ``cfg.blur_sigma``
+    suits S. Raises ValueError saying what is expected."""
+    image_size = check_model_size(image_size or model.native_image_size, "image_size")
+    check_image_size(model.unet, image_size, model.vae_scale_factor)
+    check_blur_sigma(cfg.blur_sigma, image_size)
+    return image_size
 
 
 def provenance(model: EmerDiffModel) -> dict:
