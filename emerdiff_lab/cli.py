@@ -7,9 +7,12 @@ through :data:`SUBCOMMANDS` (a module path whose ``register(subparsers)`` adds a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 from .config import EmerDiffConfig
@@ -38,26 +41,76 @@ _FIELD_HELP = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. Returns the exit code: 0 success, 1 an error (one line on stderr, the
+    whole traceback with ``--traceback``), 2 a usage error, 130 interrupted by Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    show_traceback = getattr(args, "traceback", False)
+    with one_line_warnings():
+        try:
+            return int(args.handler(args) or 0)
+        except KeyboardInterrupt:
+            if show_traceback:
+                traceback.print_exc()
+            # 130 = 128 + SIGINT, what shells report for a command stopped by Ctrl-C.
+            print("emerdiff-lab: interrupted (Ctrl-C); results already written are kept",
+                  file=sys.stderr)
+            return 130
+        except Exception as error:  # noqa: BLE001 - every failure becomes one line, see below
+            if show_traceback:
+                traceback.print_exc()
+            print(f"emerdiff-lab: error: {describe_error(error)}", file=sys.stderr)
+            return 1
+
+
+# Failures of the input, the environment or the machine: their messages are meant for the user.
+# Anything else is a bug, and the one line says to rerun with --traceback.
+_EXPECTED_ERRORS = (ValueError, OSError, MemoryError, ImportError)
+
+
+def describe_error(error: BaseException) -> str:
+    """``error`` as one line: its message (whitespace folded) for an expected failure, the type
+    and a request to rerun with --traceback for anything else."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, _EXPECTED_ERRORS) or type(error).__name__ == "OutOfMemoryError":
+        return message
+    return (f"{type(error).__name__}: {message} (unexpected; rerun with --traceback and "
+            f"report it)")
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Shows each warning as one ``emerdiff-lab: warning: ...`` line on stderr, not Python's
+    two-line file:line form."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"emerdiff-lab: warning: {text}", file=sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
     try:
-        return int(args.handler(args) or 0)
-    except (ValueError, OSError) as error:
-        print(f"emerdiff-lab: error: {error}", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emerdiff-lab",
         description="EmerDiff: unsupervised image-resolution segmentation from Stable Diffusion.")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the full Python traceback, not one line")
     subparsers = parser.add_subparsers(title="commands")
     _add_segment(subparsers)
     for module in SUBCOMMANDS:
         importlib.import_module(module).register(subparsers)
+    for subparser in subparsers.choices.values():
+        # Also accepted after the command; SUPPRESS keeps a --traceback given before it.
+        subparser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                               help="on an error, show the full Python traceback")
     return parser
 
 
@@ -114,6 +167,16 @@ def config_from_args(args: argparse.Namespace, base: EmerDiffConfig) -> EmerDiff
     return base.replace(**changes)
 
 
+def check_args_before_work(args: argparse.Namespace) -> None:
+    """Validates the hyperparameters and --image-size the user gave, before a model is loaded
+    or anything computed (the model's own defaults are checked when it is loaded)."""
+    from .images import check_model_size
+
+    config_from_args(args, EmerDiffConfig())
+    if getattr(args, "image_size", None) is not None:
+        check_model_size(args.image_size, "--image-size")
+
+
 def load_model_from_args(args: argparse.Namespace):
     from .models import load_model
 
@@ -131,7 +194,10 @@ def _add_segment(subparsers) -> None:
         "segment", help="segment images; writes label PNG, overlay PNG and .npz per image",
         description="Segment each IMAGE with EmerDiff. Per image, OUT gets STEM_labels.png "
                     "(palette PNG, one colour per mask), STEM_overlay.png (labels blended over "
-                    "the photo) and STEM.npz + STEM.json (arrays, config, provenance).")
+                    "the photo) and STEM.npz + STEM.json (arrays, config, provenance). STEM is "
+                    "the file name without its suffix; inputs sharing one are told apart by "
+                    "their folders (a__x, b__x). A bad image is reported and skipped; the exit "
+                    "code is then 1.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to segment")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--image-size", type=int, default=None,
@@ -149,27 +215,92 @@ def _add_segment(subparsers) -> None:
 def _run_segment(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .io import save_label_png, save_overlay_png
+    from .io import prepare_output_dir, unique_output_stems
+    from .segmentation import check_segment_settings
+
+    images = _existing_unique_images(args.images)
+    check_args_before_work(args)
+    stems, notes = unique_output_stems(images)
+    prepare_output_dir(args.out)
+    for note in notes:
+        print(f"emerdiff-lab: {note}", file=sys.stderr)
+    model = load_model_from_args(args)
+    cfg = config_from_args(args, model.default_config)
+    image_size = check_segment_settings(model, cfg, args.image_size)
+    _check_space_for_one_result(args.out, cfg, image_size)
+    failures = []
+    for image_path, stem in tqdm(list(zip(images, stems)), desc="segment", unit="image",
+                                 disable=args.quiet):
+        try:
+            photo, seg = _segment_one(model, image_path, cfg, args)
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # noqa: BLE001 - one bad image must not stop the others
+            if getattr(args, "traceback", False):
+                traceback.print_exc()
+            failures.append(f"{image_path}: {describe_error(error)}")
+            tqdm.write(f"emerdiff-lab: skipped {failures[-1]}", file=sys.stderr)
+            continue
+        _write_results(seg, photo, args.out / stem)  # a write failure ends the run: see there
+        for note in seg.notes:
+            tqdm.write(f"{image_path}: {note}")
+    if failures:
+        print(f"emerdiff-lab: error: {len(failures)} of {len(images)} image(s) failed:",
+              file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _existing_unique_images(paths: list[str]) -> list[Path]:
+    """The IMAGE arguments as paths, each file once; all must exist (checked before any work)."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"image file(s) not found: {missing}")
+    first_of_each: dict[Path, Path] = {}
+    for path in paths:
+        first_of_each.setdefault(Path(path).resolve(), Path(path))
+    unique = list(first_of_each.values())
+    if len(unique) < len(paths):
+        print(f"emerdiff-lab: {len(paths) - len(unique)} image(s) given more than once are "
+              f"segmented once", file=sys.stderr)
+    return unique
+
+
+def _check_space_for_one_result(out: Path, cfg: EmerDiffConfig, image_size: int) -> None:
+    """A full disk fails before the first image is computed: the .npz of one result holds up to
+    K float32 maps and two int64 label maps at S x S (less once compressed)."""
+    from .io import check_free_space
+
+    needed = image_size * image_size * (4 * cfg.num_masks + 8 * 2)
+    check_free_space(out, needed, f"one result at {image_size} px with {cfg.num_masks} masks")
+
+
+def _segment_one(model, image_path: Path, cfg: EmerDiffConfig, args: argparse.Namespace):
+    """(the photo as RGB PIL, its Segmentation)."""
     from .images import open_image
     from .segmentation import segment
 
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"image file(s) not found: {missing}")
-    model = load_model_from_args(args)
-    cfg = config_from_args(args, model.default_config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for image_path in tqdm(args.images, desc="segment", unit="image", disable=args.quiet):
-        photo = open_image(Path(image_path)).convert("RGB")
-        seg = segment(model, photo, cfg, image_size=args.image_size,
-                      original_size=not args.model_resolution, progress=not args.quiet)
-        stem = args.out / Path(image_path).stem
+    photo = open_image(image_path).convert("RGB")
+    seg = segment(model, photo, cfg, image_size=args.image_size,
+                  original_size=not args.model_resolution, progress=not args.quiet)
+    return photo, seg
+
+
+def _write_results(seg, photo, stem: Path) -> None:
+    """STEM.npz, STEM.json, STEM_labels.png, STEM_overlay.png. A failure here (full or
+    read-only disk) would fail for every later image too, so it ends the run with an error
+    that names the file, instead of being skipped like a bad input."""
+    from .io import save_label_png, save_overlay_png
+
+    try:
         seg.save(stem)
         save_label_png(seg.labels, stem.with_name(stem.name + "_labels.png"))
         save_overlay_png(photo, seg.labels, stem.with_name(stem.name + "_overlay.png"))
-        for note in seg.notes:
-            tqdm.write(f"{image_path}: {note}")
-    return 0
+    except OSError as error:
+        raise OSError(f"cannot write the results for {stem.name!r} in "
+                      f"{str(stem.parent)!r}: {error}") from error
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,12 @@
-"""Writing segmentations as images: palette label PNGs and overlays on the photo."""
+"""Writing segmentations as images (palette label PNGs, overlays on the photo) and choosing
+where results go: output names that cannot collide, output folders checked before any work."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +66,73 @@ def save_overlay_png(photo, labels, path: str | Path, alpha: float = 0.5) -> Pat
     path = Path(path)
     Image.fromarray(overlay(photo, labels, alpha)).save(path)
     return path
+
+
+def unique_output_stems(paths: Sequence[str | Path]) -> tuple[list[str], list[str]]:
+    """One output stem per input file, no two alike, and notes on each input that was renamed.
+
+    The stem is the file name without its last suffix, inner dots kept (``frame.001.png`` ->
+    ``frame.001``). Inputs whose stems collide (compared case-insensitively, as macOS and
+    Windows file systems do) are told apart, in this order, by their folders relative to the
+    folder they share (``a/x.png``, ``b/x.png`` -> ``a__x``, ``b__x``), by their suffix
+    (``x.png``, ``x.jpg`` -> ``x_png``, ``x_jpg``), and as a last resort by a number.
+
+    Returns:
+        (stems aligned with ``paths``, one human-readable note per renamed input).
+    """
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    for rename in (_by_relative_folder, _by_suffix):
+        for group in _collisions(stems):
+            for index in group:
+                stems[index] = rename(paths[index], stems[index], [paths[i] for i in group])
+    while collisions := _collisions(stems):
+        for group in collisions:
+            for number, index in enumerate(group[1:], 2):
+                stems[index] = f"{stems[index]}-{number}"
+    notes = [f"{str(path)!r} is written as {stem!r} (another input has the same name)"
+             for path, stem in zip(paths, stems) if stem != path.stem]
+    return stems, notes
+
+
+def _collisions(stems: list[str]) -> list[list[int]]:
+    """Groups of indices whose stems are equal up to case."""
+    groups: dict[str, list[int]] = {}
+    for index, stem in enumerate(stems):
+        groups.setdefault(stem.casefold(), []).append(index)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _by_relative_folder(path: Path, stem: str, group: list[Path]) -> str:
+    common = Path(os.path.commonpath([p.resolve().parent for p in group]))
+    folders = path.resolve().parent.relative_to(common).parts
+    return "__".join((*folders, stem))
+
+
+def _by_suffix(path: Path, stem: str, group: list[Path]) -> str:
+    return f"{stem}_{path.suffix.lstrip('.')}" if path.suffix else stem
+
+
+def prepare_output_dir(out: str | Path, option: str = "--out") -> Path:
+    """Creates ``out`` if needed and proves it writable by writing and removing a small file,
+    so that a read-only, missing or mistyped output folder fails before any computation."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{option} {str(out)!r} is a file; expected a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".emerdiff-write-check-"):
+            pass
+    except OSError as error:
+        raise OSError(f"{option} {str(out)!r} is not writable: "
+                      f"{error.strerror or error}") from error
+    return out
+
+
+def check_free_space(out: str | Path, needed_bytes: int, what: str) -> None:
+    """Raises OSError if the disk holding ``out`` has less than ``needed_bytes`` free, naming
+    ``what`` needs them, so that a full disk fails before the first result is computed."""
+    free = shutil.disk_usage(out).free
+    if free < needed_bytes:
+        raise OSError(f"only {free / 1e6:.1f} MB free on the disk holding {str(out)!r}; "
+                      f"{what} needs up to {needed_bytes / 1e6:.1f} MB")

@@ -7,6 +7,7 @@ diffusers folder, or a ``StableDiffusionPipeline`` the user already holds.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .config import EmerDiffConfig
 DEFAULT_MODEL_ID = "CompVis/stable-diffusion-v1-4"
 TINY_MODEL_ID = "tiny"
 TOYWORLD_MODEL_ID = "toyworld"  # the project's own trained pixel-space model
+HUB_TIMEOUT = 10.0  # seconds to wait for the hub's answer to a model look-up
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -129,10 +131,42 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") \
             from error
+    _check_device_available(resolved)
+    return resolved
+
+
+def available_devices() -> list[str]:
+    """The devices this machine and this torch build can run on, e.g. ``["cpu", "cuda:0"]``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        names += [f"xpu:{index}" for index in range(torch.xpu.device_count())]
+    return names
+
+
+def _check_device_available(device: torch.device) -> None:
+    """Raises ValueError naming the available devices when ``device`` is not one of them (torch
+    itself fails only at the first tensor moved, with "Torch not compiled with CUDA enabled")."""
+    if device.type not in ("cuda", "mps", "xpu"):
+        return  # cpu always works; meta and other special devices are the caller's business
+    available = available_devices()
+    if device.type == "mps":
+        ok = "mps" in available
+    else:
+        ok = any(name.startswith(device.type + ":") for name in available) and (
+            device.index is None or f"{device.type}:{device.index}" in available)
+    if not ok:
+        build = "" if device.type != "cuda" or torch.version.cuda or torch.version.hip else \
+            f" (this torch {torch.__version__} is built without CUDA)"
+        raise ValueError(f"device {str(device)!r} is not available on this machine{build}; "
+                         f"available: {', '.join(available)}")
 
 
 def load_model(
@@ -146,6 +180,7 @@ def load_model(
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
     seed: int = 0,
+    hub_timeout: float = HUB_TIMEOUT,
 ) -> EmerDiffModel:
     """Loads a Stable Diffusion model (hub id or local diffusers folder) or the offline ``"tiny"``.
 
@@ -160,10 +195,14 @@ def load_model(
         revision, variant, token, cache_dir, local_files_only: passed to diffusers'
             ``from_pretrained`` (``variant="fp16"`` picks half-precision weight files).
         seed: weight seed of the tiny model (ignored for real weights).
+        hub_timeout: seconds to wait for the Hugging Face hub to answer the look-up of a hub
+            id; if it does not, the local cache is tried and, failing that, an OSError says how
+            to work offline.
 
     Raises:
         OSError: the weights cannot be had (no network, not cached, no such folder); the message
             names the model and points to ``load_model("tiny")`` for an offline run.
+        ValueError: a bad dtype, or a device this machine does not have.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
@@ -179,6 +218,8 @@ def load_model(
 
     from diffusers import StableDiffusionPipeline
 
+    local_files_only, hub_problem = _check_model_source(model_id, revision, token,
+                                                        local_files_only, hub_timeout)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             model_id, **{_dtype_keyword(): dtype}, revision=revision, variant=variant, token=token,
@@ -186,14 +227,82 @@ def load_model(
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except Exception as error:  # hub, HTTP and file errors come in many types
+        if hub_problem is not None:
+            raise OSError(_offline_advice(model_id, hub_problem)) from error
         raise OSError(
             f"Could not load Stable Diffusion weights for {model_id!r}: "
             f"{type(error).__name__}: {error}. The weights must be in the local Hugging Face "
             f"cache, in a local diffusers folder, or downloadable. For an offline run without "
             f"weights use emerdiff_lab.load_model('tiny') (random weights)."
         ) from error
+    if hub_problem is not None:
+        warnings.warn(f"{hub_problem}; loaded {model_id!r} from the local cache", UserWarning,
+                      stacklevel=2)
     pipe.to(device)
     return from_pipeline(pipe, model_id=model_id, revision=revision)
+
+
+def _check_model_source(model_id: str, revision: str | None, token, local_files_only: bool,
+                        timeout: float) -> tuple[bool, str | None]:
+    """Checks ``model_id`` before diffusers sees it: a path must be a diffusers folder, and the
+    hub must answer a look-up of a hub id within ``timeout`` seconds.
+
+    diffusers asks the hub for the repository's file list with no timeout, so a proxy that
+    accepts connections and never answers hangs it for ever; asking first, with a timeout, turns
+    that into a local-cache attempt. Returns ``(local_files_only, hub_problem)``: when the hub
+    could not be reached, local_files_only becomes True and hub_problem says why.
+    """
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"model folder {model_id!r} has no model_index.json; expected a diffusers folder "
+                f"written by StableDiffusionPipeline.save_pretrained. For an offline run without "
+                f"weights use emerdiff_lab.load_model('tiny') (random weights).")
+        return local_files_only, None
+    if path.exists() or _looks_like_path(model_id):
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(
+            f"model path {model_id!r} {what}; expected a diffusers folder (holding "
+            f"model_index.json, written by StableDiffusionPipeline.save_pretrained) or a hub id "
+            f"such as {DEFAULT_MODEL_ID!r}. For an offline run without weights use "
+            f"emerdiff_lab.load_model('tiny') (random weights).")
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    if local_files_only or constants.is_offline_mode():
+        return local_files_only, None
+    api = HfApi()
+    try:
+        api.model_info(model_id, revision=revision, token=token, timeout=timeout)
+    except HFValidationError as error:
+        raise ValueError(f"model {model_id!r} is neither 'tiny', a local folder nor a valid hub "
+                         f"id such as {DEFAULT_MODEL_ID!r} ({error})") from error
+    except HfHubHTTPError:
+        return False, None  # the hub answered (not found, gated, ...): diffusers reports it
+    except Exception as error:  # noqa: BLE001 - timeouts, refused connections, proxy failures
+        return True, (f"the Hugging Face hub at {api.endpoint} did not answer within {timeout:g} s "
+                      f"({type(error).__name__}: {error})")
+    return False, None
+
+
+def _looks_like_path(model_id: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything starting like a path, or with more parts,
+    was meant as a folder."""
+    return model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
+
+
+def _offline_advice(model_id: str, hub_problem: str) -> str:
+    """The message when the hub cannot be reached and the model is not in the local cache.
+
+    HF_HUB_OFFLINE=1 only helps once the weights are cached, so the advice says so."""
+    return (f"Could not load Stable Diffusion weights for {model_id!r}: {hub_problem}, and they "
+            f"are not in the local Hugging Face cache either. To work offline: download them "
+            f"once where the hub is reachable (they go to the cache), then set HF_HUB_OFFLINE=1 "
+            f"before starting Python (or pass --local-files-only / local_files_only=True); or "
+            f"pass the path of a folder written by StableDiffusionPipeline.save_pretrained. "
+            f"Behind a proxy, set HTTPS_PROXY. For an offline run without weights use "
+            f"emerdiff_lab.load_model('tiny') (random weights).")
 
 
 def _dtype_keyword() -> str:
