@@ -39,9 +39,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/emerdiff-lab segment $(DEMO_IMAGES) --model $(DEMO_MODEL) --device $(DEVICE) \
+	$(BIN)/python -m emerdiff_lab.demo $(DEMO_IMAGES) --model $(DEMO_MODEL) --device $(DEVICE) \
 		--dtype $(DTYPE) $(SIZE_ARGS) --out figures/demo
-	@echo "results written to figures/demo/"
 
 test: setup
 	$(BIN)/ruff check emerdiff_lab benchmarks scripts tests

@@ -176,6 +176,34 @@ def _erode(mask: np.ndarray) -> np.ndarray:
             & padded[1:-1, :-2] & padded[1:-1, 2:])
 
 
+UNMATCHED_COLOUR = (0, 0, 0)  # tab10 has no black; its grey is a class colour
+
+
+def label_colours(labels, mapping=None) -> np.ndarray:
+    """(H, W) integer ids -> (H, W, 3) uint8, readable side by side with a ground truth.
+
+    Ids below 10 take matplotlib's ``tab10`` colours (distinct, none black), larger ids the VOC
+    palette. With ``mapping`` ((P,) cluster -> class, -1 unmatched: ``HungarianResult.mapping``)
+    each cluster is drawn in the colour of the class it was matched to, so that a prediction
+    and its ground truth (drawn without a mapping) share colours; unmatched clusters are black.
+    """
+    import matplotlib
+
+    ids = _numpy(labels).astype(np.int64)
+    if mapping is not None:
+        mapping = np.asarray(mapping, dtype=np.int64)
+        if ids.size and ids.max() >= len(mapping):
+            raise ValueError(f"labels go up to {ids.max()} but the mapping has {len(mapping)} "
+                             f"entries")
+        ids = mapping[ids]
+    tab10 = (np.asarray(matplotlib.colormaps["tab10"].colors) * 255).round().astype(np.uint8)
+    out = colorize(np.where(ids >= 0, ids, 0))
+    small = (ids >= 0) & (ids < 10)
+    out[small] = tab10[ids[small]]
+    out[ids < 0] = UNMATCHED_COLOUR
+    return out
+
+
 def png_bytes(array: np.ndarray, display_size: int | None = None) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes, upscaled (nearest) so the shorter side is ``display_size``."""
     from PIL import Image
