@@ -211,10 +211,14 @@ def load_model(
     model_id = str(model_id)
     if model_id == TINY_MODEL_ID:
         return _load_tiny(device, dtype, seed)
-    if model_id == TOYWORLD_MODEL_ID:
+    if model_id in (TOYWORLD_MODEL_ID, "toyworld-64"):  # "toyworld-64": the same 64 px model
         from .toyworld import load_toyworld
 
         return load_toyworld(device=device, dtype=dtype)
+    if model_id == "toyworld-latent":  # 256 px VAE + latent UNet (MODEL_CARD.md, issue 12)
+        from .toyworld.latent_model import load_toyworld_latent
+
+        return load_toyworld_latent(device=device, dtype=dtype)
 
     from diffusers import StableDiffusionPipeline
 

@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Held-out evaluation of EmerDiff on ToyWorld-latent (VAE + latent UNet, 256 px scenes).
+
+    # the model card's table (test scenes; --record writes the numbers the CI test re-checks)
+    OMP_NUM_THREADS=2 nice -n 19 .venv/bin/python scripts/eval_toyworld_latent.py table --n 16 \
+        --record --out runs/toyworld_latent/eval_table.json
+    # settings search on validation scenes (never the test scenes)
+    .venv/bin/python scripts/eval_toyworld_latent.py sweep --n 4 --weights <file>
+    # figures/toyworld_latent_{samples,segmentation}.png
+    .venv/bin/python scripts/eval_toyworld_latent.py figure
+
+Scores are per-image Hungarian mIoU against the scenes' exact class maps, mean ± standard error
+over scenes; differences between methods are paired over the same scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emerdiff_lab.toyworld.evaluation_latent import (
+    BASELINES,
+    TEST_SEED_START,
+    UNET_METHODS,
+    VALIDATION_SEED_START,
+    evaluate,
+    paired,
+    pixel_colour_kmeans,
+    scenes,
+)
+from emerdiff_lab.toyworld.latent_model import WEIGHTS_PATH, load_toyworld_latent
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED_PATH = ROOT / "emerdiff_lab" / "toyworld" / "recorded_eval_latent.json"
+LABELS = {"masks": "k-means masks (nearest)", "naive": "naive bilinear upsampling",
+          "emerdiff": "EmerDiff", "emerdiff_norm": "EmerDiff, maps / own max",
+          "pixel_kmeans": "k-means of pixel colours", "latent_kmeans": "k-means of VAE latents",
+          "cell_colour_kmeans": "k-means of 16x16-cell mean colours"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@torch.no_grad()
+def vae_psnr(model, n: int, start: int) -> dict:
+    """PSNR (dB) of VAE reconstructions of ``n`` scenes (noisy input) against their noise-free
+    renders: mean, standard error, n."""
+    from emerdiff_lab.toyworld.scenes256 import generate_batch
+
+    pixels, _ = scenes(n, start=start)
+    clean, _ = generate_batch(range(start, start + n), clean=True)
+    clean = torch.from_numpy(clean).permute(0, 3, 1, 2).float() / 255
+    values = []
+    for i in range(n):
+        rec = model.decode(model.encode(pixels[i:i + 1])).cpu()
+        values.append(float(-10 * torch.log10(((rec - clean[i:i + 1]) ** 2).mean())))
+    return {"mean": float(np.mean(values)), "sem": float(np.std(values, ddof=1) / np.sqrt(n)),
+            "n": n, "per_image": values}
+
+
+def old_scene_pixel_kmeans(n: int, k: int) -> dict:
+    """k-means of pixel colours on the pixel-space ToyWorld's 64 px test scenes (same seeds, same
+    K): what colour alone allowed on the old data."""
+    from emerdiff_lab.toyworld.evaluation import _miou, heldout_scenes
+
+    pixels, labels = heldout_scenes(n)
+    values = [_miou(pixel_colour_kmeans(pixels[i], k), labels[i]) for i in range(n)]
+    return {"mean": float(np.mean(values)), "sem": float(np.std(values, ddof=1) / np.sqrt(n)),
+            "per_image": values}
+
+
+def segment_seconds(model, repeats: int = 1) -> float:
+    """Wall seconds of ``edl.segment`` on one 256 px test scene with the default config (K=6)."""
+    import emerdiff_lab as edl
+
+    pixels, _ = scenes(1, start=TEST_SEED_START)
+    times = []
+    for _ in range(repeats):
+        tick = time.time()
+        edl.segment(model, pixels[0], image_size=256, progress=False)
+        times.append(time.time() - tick)
+    return float(min(times))
+
+
+def markdown_table(record: dict) -> str:
+    trained, random = record["results"]["trained"], record["results"]["random"]
+    n = trained["n"]
+    lines = [f"| per-image Hungarian mIoU, {n} test scenes at 256 px (mean ± s.e.) | trained | "
+             f"random-weight UNet + trained VAE |", "|---|---|---|"]
+    for m in UNET_METHODS:
+        lines.append(f"| {LABELS[m]} | {trained['mean'][m]:.3f} ± {trained['sem'][m]:.3f} | "
+                     f"{random['mean'][m]:.3f} ± {random['sem'][m]:.3f} |")
+    for m in BASELINES:
+        lines.append(f"| {LABELS[m]} (no UNet) | {trained['mean'][m]:.3f} ± "
+                     f"{trained['sem'][m]:.3f} | (same) |")
+    lines += ["", "| paired difference over the same scenes | mean ± s.e. |", "|---|---|"]
+    for name, value in record["paired"].items():
+        lines.append(f"| {name} | {value[0]:+.3f} ± {value[1]:.3f} |")
+    return "\n".join(lines)
+
+
+def run_table(args) -> None:
+    trained = load_toyworld_latent(weights=args.weights)
+    random = load_toyworld_latent(weights=args.weights, random_weights=True,
+                                  seed=args.control_seed)
+    cfg = trained.default_config
+    results = {"trained": evaluate(trained, args.n, cfg, progress=not args.quiet),
+               "random": evaluate(random, args.n, cfg, baselines=False,
+                                  progress=not args.quiet)}
+    t, r = results["trained"]["per_image"], results["random"]["per_image"]
+    pairs = {
+        "EmerDiff - naive (trained)": paired(t["emerdiff"], t["naive"]),
+        "EmerDiff - naive (random control)": paired(r["emerdiff"], r["naive"]),
+        "EmerDiff - k-means of pixel colours": paired(t["emerdiff"], t["pixel_kmeans"]),
+        "EmerDiff - k-means of VAE latents": paired(t["emerdiff"], t["latent_kmeans"]),
+        "EmerDiff trained - EmerDiff random control": paired(t["emerdiff"], r["emerdiff"]),
+        "masks trained - masks random control": paired(t["masks"], r["masks"]),
+        "masks - k-means of cell colours (trained)": paired(t["masks"],
+                                                           t["cell_colour_kmeans"]),
+    }
+    record = {"command": "python " + " ".join(sys.argv),
+              "weights_sha256": sha256(args.weights), "control_seed": args.control_seed,
+              "torch_threads": torch.get_num_threads(), "results": results,
+              "paired": pairs,
+              "vae_psnr_db": vae_psnr(trained, args.n, TEST_SEED_START),
+              "old_scenes_pixel_kmeans": old_scene_pixel_kmeans(args.n, cfg.num_masks),
+              "segment_seconds_256px_k6": segment_seconds(trained)}
+    record["markdown"] = markdown_table(record)
+    print(record["markdown"])
+    print(f"VAE PSNR {record['vae_psnr_db']['mean']:.2f} ± {record['vae_psnr_db']['sem']:.2f} dB;"
+          f" old 64 px scenes' pixel k-means {record['old_scenes_pixel_kmeans']['mean']:.3f}; "
+          f"segment {record['segment_seconds_256px_k6']:.1f} s")
+    for path in ([args.out] if args.out else []) + ([RECORDED_PATH] if args.record else []):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+        print(f"wrote {path}")
+
+
+def run_sweep(args) -> None:
+    """Validation scenes: EmerDiff over t_m x lambda (shared inversions), blur sigma and map
+    normalisation applied to the same raw maps; mask mIoU over the feature layers."""
+    import emerdiff_lab as edl
+    from emerdiff_lab.assembly import prepare_maps, upsample_bilinear
+    from emerdiff_lab.layers import find_semantic_block
+    from emerdiff_lab.toyworld.evaluation import _miou, nearest_upsample
+
+    model = load_toyworld_latent(weights=args.weights)
+    pixels, labels = scenes(args.n, start=VALIDATION_SEED_START)
+    base = model.default_config
+    report = {"n": args.n, "start": VALIDATION_SEED_START, "masks": {}, "emerdiff": {}}
+    for layer in find_semantic_block(model.unet).cross_attention_layers:
+        cfg = base.replace(feature_layer=layer)
+        values = [_miou(nearest_upsample(edl.kmeans_masks(edl.extract_features(
+            model, pixels[i], cfg), k=cfg.num_masks, seed=cfg.seed), 256), labels[i])
+            for i in range(args.n)]
+        report["masks"][layer] = float(np.mean(values))
+        print(f"masks {layer}: {np.mean(values):.3f}", flush=True)
+    grid = [(t_m, lam) for t_m in args.timesteps for lam in args.strengths]
+    blurs = (1.0, 2.0, 4.0, 8.0)
+    scores: dict = {}
+    for i in range(args.n):
+        lowres = edl.kmeans_masks(edl.extract_features(model, pixels[i], base),
+                                  k=base.num_masks, seed=base.seed)
+        scores.setdefault("naive", []).append(_miou(upsample_bilinear(lowres, 256), labels[i]))
+        inversion = edl.invert(model, pixels[i], base, progress=False)
+        for t_m, lam in grid:
+            raw = edl.pixel_change_maps(model, inversion, lowres, base.replace(
+                modulation_timestep=t_m, modulation_strength=lam), progress=False)
+            for blur in blurs:
+                for norm in (False, True):
+                    key = f"t_m={t_m} lambda={lam} blur={blur} norm={norm}"
+                    scores.setdefault(key, []).append(
+                        _miou(prepare_maps(raw, blur, norm).argmax(0), labels[i]))
+        print(f"scene {i + 1}/{args.n} done", flush=True)
+    report["emerdiff"] = {k: float(np.mean(v)) for k, v in scores.items()}
+    for key, value in sorted(report["emerdiff"].items(), key=lambda kv: -kv[1]):
+        print(f"{value:.3f}  {key}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+def run_figure(args) -> None:
+    """figures/toyworld_latent_samples.png (scenes, VAE reconstructions, samples) and
+    figures/toyworld_latent_segmentation.png (scene, labels, masks, naive, EmerDiff)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import emerdiff_lab as edl
+    from emerdiff_lab.assembly import upsample_bilinear
+    from emerdiff_lab.toyworld.sampling import sample
+
+    model = load_toyworld_latent(weights=args.weights)
+    pixels, labels = scenes(6, start=TEST_SEED_START)
+    with torch.no_grad():
+        recon = model.decode(model.encode(pixels)).cpu()
+    drawn = sample(model, 6, seed=0, progress=False)
+    fig, axes = plt.subplots(3, 6, figsize=(12, 6.4))
+    for row, (title, images) in enumerate((("test scenes", pixels), ("VAE reconstructions",
+                                                                     recon),
+                                           ("samples (50-step DDPM)", drawn))):
+        for col in range(6):
+            axes[row, col].imshow(images[col].permute(1, 2, 0).numpy())
+            axes[row, col].axis("off")
+        axes[row, 0].set_title(title, loc="left", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(ROOT / "figures" / "toyworld_latent_samples.png", dpi=80)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(3, 5, figsize=(11, 6.8))
+    for row in range(3):
+        seg = edl.segment(model, pixels[row], image_size=256, progress=False)
+        panels = (pixels[row].permute(1, 2, 0).numpy(), labels[row].numpy(),
+                  np.kron(seg.lowres_labels.numpy(), np.ones((16, 16), int)),
+                  upsample_bilinear(seg.lowres_labels, 256).numpy(), seg.labels.numpy())
+        for col, (panel, title) in enumerate(zip(panels, ("scene", "ground truth",
+                                                          "k-means masks", "naive",
+                                                          "EmerDiff"))):
+            axes[row, col].imshow(panel, cmap=None if col == 0 else "tab10",
+                                  interpolation="nearest")
+            axes[row, col].axis("off")
+            if row == 0:
+                axes[row, col].set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(ROOT / "figures" / "toyworld_latent_segmentation.png", dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=("table", "sweep", "figure"))
+    p.add_argument("--n", type=int, default=16, help="number of scenes")
+    p.add_argument("--weights", type=Path, default=WEIGHTS_PATH)
+    p.add_argument("--control-seed", type=int, default=0)
+    p.add_argument("--timesteps", type=int, nargs="+", default=[281, 481])
+    p.add_argument("--strengths", type=float, nargs="+", default=[10.0, 30.0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--record", action="store_true",
+                   help="table: write emerdiff_lab/toyworld/recorded_eval_latent.json")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.n < 2:
+        p.error("--n must be at least 2 (a standard error needs two scenes)")
+    torch.set_num_threads(args.threads)
+    {"table": run_table, "sweep": run_sweep, "figure": run_figure}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
