@@ -190,8 +190,7 @@ def write_summary(rows: list[DemoRow], path: Path, class_names=None) -> Path:
 
 
 def _panels(row: DemoRow) -> list[tuple[str, np.ndarray]]:
-    from .evaluation.metrics import hungarian_miou
-    from .plotting import label_colours, to_numpy_image
+    from .plotting import label_colours, matched_mapping, to_numpy_image
 
     scene = (to_numpy_image(row.image) * 255).round().astype(np.uint8)
     if row.truth is None:
@@ -200,10 +199,7 @@ def _panels(row: DemoRow) -> list[tuple[str, np.ndarray]]:
         truth_title = "ground truth: none"
     else:
         # One matching (EmerDiff's) colours all three predictions: same mask, same colour.
-        mapping = hungarian_miou(row.emerdiff, row.truth).mapping
-        # The matching may pair a spare mask with a class absent from this image: draw it as
-        # unmatched rather than in the colour of a class the scene does not have.
-        mapping = np.where(np.isin(mapping, row.truth.unique().numpy()), mapping, -1)
+        mapping = matched_mapping(row.emerdiff, row.truth)
         truth = label_colours(row.truth)
         truth_title = "ground truth"
 

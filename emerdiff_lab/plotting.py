@@ -204,6 +204,18 @@ def label_colours(labels, mapping=None) -> np.ndarray:
     return out
 
 
+def matched_mapping(pred, truth) -> np.ndarray:
+    """(P,) cluster -> class of the Hungarian matching of ``pred`` to ``truth`` (both (H, W)
+    ints; 255 in ``truth`` ignored), for :func:`label_colours`. A cluster matched to no class,
+    or to a class absent from ``truth``, maps to -1 (why: a spare mask drawn in the colour of
+    a class the image does not have reads as a wrong class, not as a spare mask)."""
+    from .evaluation.metrics import hungarian_miou
+
+    truth = _numpy(truth)
+    mapping = hungarian_miou(_numpy(pred), truth, ignore_index=255).mapping
+    return np.where(np.isin(mapping, truth[truth != 255]), mapping, -1)
+
+
 def png_bytes(array: np.ndarray, display_size: int | None = None) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes, upscaled (nearest) so the shorter side is ``display_size``."""
     from PIL import Image

@@ -1,11 +1,12 @@
 """The perturbation explorer, driven from code: a control change redraws the difference map, a
-revisited setting comes from the cache without recomputing, and cached results are correct."""
+revisited setting comes from the cache without recomputing, cached results are correct, and
+"Segment" shows the whole segmentation, scored against the labels."""
 
 import pytest
 import torch
 
 import emerdiff_lab as edl
-from emerdiff_lab import widgets
+from emerdiff_lab import figures, widgets
 
 pytest.importorskip("ipywidgets")
 
@@ -15,8 +16,11 @@ def session(tiny_model):
     generator = torch.Generator().manual_seed(1)
     image = torch.rand(3, 128, 128, generator=generator) * 0.2
     image[:, 30:90, 40:100] += torch.tensor([0.7, 0.3, 0.1]).view(3, 1, 1)
+    labels = torch.zeros(128, 128, dtype=torch.int64)
+    labels[30:90, 40:100] = 1                            # the square is class 1
     cfg = tiny_model.default_config.replace(num_masks=4)
-    return widgets.PerturbationSession(tiny_model, image.clamp(0, 1), cfg, image_size=128)
+    return widgets.PerturbationSession(tiny_model, image.clamp(0, 1), cfg, labels=labels,
+                                       image_size=128)
 
 
 @pytest.fixture
@@ -128,3 +132,74 @@ def test_status_and_snapshot_say_random_weights(explorer):
 def test_open_explorer_is_one_line(tiny_model):
     explorer = widgets.open_explorer(tiny_model, image_size=128, display=False)
     assert explorer.diff_view.value and explorer.session.image.shape == (3, 128, 128)
+    assert explorer.session.labels.shape == (128, 128)      # the default scene's own labels
+
+
+def test_open_explorer_defaults_to_toyworld_on_a_heldout_test_scene(tiny_model, monkeypatch):
+    from emerdiff_lab.toyworld import HELDOUT_SEED_START, generate_scene
+
+    asked = []
+    monkeypatch.setattr("emerdiff_lab.models.load_model",
+                        lambda model_id, device=None: asked.append(model_id) or tiny_model)
+    explorer = widgets.open_explorer(cfg=tiny_model.default_config.replace(num_masks=4),
+                                     image_size=128, display=False)
+    assert asked == ["toyworld"]
+    image, labels = generate_scene(HELDOUT_SEED_START + widgets.DEFAULT_SCENE, 128)
+    assert torch.equal(explorer.session.labels, torch.from_numpy(labels))
+    assert torch.allclose(explorer.session.image,
+                          torch.from_numpy(image).permute(2, 0, 1).float() / 255, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the whole segmentation
+def test_segmentation_is_the_assembled_maps_and_is_scored(session, tiny_model):
+    view = session.segmentation(strength=5.0, timestep=381)
+    cfg = session.cfg.replace(modulation_strength=5.0, modulation_timestep=381,
+                              modulation_layer=session.default_layer)
+    maps = edl.pixel_change_maps(tiny_model, session.inversion, session.lowres, cfg,
+                                 progress=False)
+    assert torch.equal(view.labels, edl.assemble(maps, cfg.blur_sigma))
+    assert torch.equal(view.naive, edl.upsample_bilinear(session.lowres, 128))
+    assert view.miou == figures.miou(view.labels, session.labels)
+    assert 0 <= view.naive_miou <= 1 and view.seconds > 0
+
+
+def test_segmentation_is_cached_per_setting(session, monkeypatch):
+    first = session.segmentation(strength=5.0, timestep=381)
+    monkeypatch.setattr("emerdiff_lab.modulation.pixel_change_maps",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = session.segmentation(strength=5.0, timestep=381)
+    assert torch.equal(again.labels, first.labels) and again.seconds == 0
+    assert session.has_segmentation(strength=5.0, timestep=381)
+    assert not session.has_segmentation(strength=5.0, timestep=381, injection=False)
+
+
+def test_segment_button_shows_the_panel_and_marks_it_stale(explorer, session):
+    assert explorer.segment_panel.layout.display == "none"
+    explorer.segment_button.click()
+    assert explorer.segment_panel.layout.display == "flex"
+    assert explorer.emerdiff_view.value and explorer.naive_view.value and \
+        explorer.truth_view.value
+    assert "mIoU" in explorer.segment_status.value
+    shown = explorer.emerdiff_view.value
+    explorer.strength.value = 50.0
+    assert "out of date" in explorer.segment_status.value
+    explorer.strength.value = float(session.cfg.modulation_strength)
+    assert "from cache" in explorer.segment_status.value
+    assert explorer.emerdiff_view.value == shown
+
+
+def test_segmentation_without_labels_says_so(tiny_model, session):
+    bare = widgets.PerturbationSession.__new__(widgets.PerturbationSession)
+    bare.__dict__.update(session.__dict__)
+    bare.labels, bare._segmentations = None, type(session._segmentations)()
+    explorer = widgets.Explorer(bare)
+    view = explorer.segment()
+    assert view.miou is None and "no labels" in explorer.segment_status.value
+
+
+def test_overlay_blends_the_difference_map_over_the_image(explorer):
+    plain = explorer.diff_view.value
+    explorer.overlay.value = True
+    assert explorer.diff_view.value != plain
+    explorer.overlay.value = False
+    assert explorer.diff_view.value == plain
