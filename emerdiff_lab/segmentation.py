@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,10 +99,13 @@ class Segmentation:
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
             raise ValueError(f"{meta_path} is corrupt or not written by Segmentation.save "
                              f"({type(error).__name__}: {error})") from error
+        if not zipfile.is_zipfile(npz):  # np.load would guess "pickled data" and say so
+            raise ValueError(f"{npz} is corrupt or not written by Segmentation.save (not a "
+                             f".npz archive)")
         try:
             with np.load(npz, allow_pickle=False) as arrays:
                 tensors = {name: torch.from_numpy(arrays[name]) for name in _ARRAYS}
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise ValueError(f"{npz} is corrupt or not written by Segmentation.save "
                              f"({type(error).__name__}: {error})") from error
         return cls(**tensors, config=config, **fields)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import (add_compile_option, add_config_options, add_model_options, config_from_args,
-                   load_model_from_args)
+from ..cli import (add_compile_option, add_config_options, add_model_options,
+                   check_args_before_work, config_from_args, load_model_from_args)
 from .datasets import DATASETS
 from .runner import PROTOCOLS
 
@@ -57,9 +57,13 @@ def register(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from ..io import prepare_output_dir
     from .datasets import open_dataset
     from .runner import evaluate, make_state
 
+    check_args_before_work(args)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
     names = None
     if args.class_names is not None:
         if not args.class_names.is_file():
@@ -70,6 +74,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                            ignore_index=args.ignore_index, num_classes=args.num_classes,
                            class_names=names)
     state = make_state(args.device)
+    if state.is_main_process:
+        prepare_output_dir(args.out)
     if args.device is None:
         # Under accelerate/torchrun each process owns one device (cuda:LOCAL_RANK or cpu).
         args.device = str(state.device)
@@ -87,6 +93,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                        clip_id=args.clip_model, progress=not args.quiet, state=state)
     if summary is not None:
         print((args.out / "summary.md").read_text())
+        recomputed = summary["recomputed"]
         print(f"world_size={state.num_processes} images={summary['dataset']['num_images']} "
-              f"computed_this_run={summary['computed_this_run']} out={args.out}")
+              f"computed_this_run={summary['computed_this_run']} "
+              f"recomputed_stale={recomputed['stale']} recomputed_corrupt={recomputed['corrupt']} "
+              f"out={args.out}")
     return 0

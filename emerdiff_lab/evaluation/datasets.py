@@ -53,6 +53,9 @@ class SegmentationDataset:
     ignore_index: int = 255
     lookup: np.ndarray | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        check_unique_ids(self.name, self.samples)
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -73,6 +76,22 @@ class SegmentationDataset:
                              f"outside [0, {self.num_classes}) and != ignore_index "
                              f"({self.ignore_index}); pass --num-classes or --ignore-index")
         return raw
+
+
+def check_unique_ids(name: str, samples) -> None:
+    """Raises ValueError naming both files when two samples share an id.
+
+    Records are files named by id, so two images with one id (``scene00.jpg`` and
+    ``scene00.png``) would overwrite each other's record and be scored as one. Ids are compared
+    case-insensitively because the output folder may be on a case-insensitive file system.
+    """
+    seen: dict[str, Sample] = {}
+    for sample in samples:
+        other = seen.setdefault(sample.id.casefold(), sample)
+        if other is not sample:
+            raise ValueError(f"{name}: images {str(other.image)!r} and {str(sample.image)!r} "
+                             f"have the same id {sample.id!r} (records are named by id, so one "
+                             f"would overwrite the other); rename or remove one of them")
 
 
 def read_label_png(path: Path) -> np.ndarray:
