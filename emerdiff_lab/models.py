@@ -285,8 +285,8 @@ def _check_model_source(model_id: str, revision: str | None, token, local_files_
     except HfHubHTTPError:
         return False, None  # the hub answered (not found, gated, ...): diffusers reports it
     except Exception as error:  # noqa: BLE001 - timeouts, refused connections, proxy failures
-        return True, (f"the Hugging Face hub at {api.endpoint} did not answer within {timeout:g} s "
-                      f"({type(error).__name__}: {error})")
+        return True, (f"the Hugging Face hub at {api.endpoint} could not be reached or did not "
+                      f"answer within {timeout:g} s ({type(error).__name__}: {error})")
     return False, None
 
 
