@@ -199,3 +199,10 @@ def test_cli_reports_recomputed_records(scenes, tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "computed_this_run=1 recomputed_stale=1 recomputed_corrupt=0" in captured.out
     assert "emerdiff-lab: warning: recomputing 1 record(s)" in captured.err
+
+
+def test_blur_wider_than_the_image_is_refused_before_anything_is_written(scenes, tmp_path,
+                                                                          monkeypatch):
+    with pytest.raises(ValueError, match="blur_sigma 100 px is larger than the 16 px image"):
+        _run(scenes, tmp_path / "out", monkeypatch, cfg=CFG.replace(blur_sigma=100.0))
+    assert not (tmp_path / "out").exists()

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..io import prepare_output_dir
+    from ..io import check_free_space, prepare_output_dir
     from .datasets import open_dataset
     from .runner import evaluate, make_state
 
@@ -76,6 +76,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     state = make_state(args.device)
     if state.is_main_process:
         prepare_output_dir(args.out)
+        # A record holds about four S x S label maps; a full disk fails before the first one.
+        check_free_space(args.out, 16 * args.image_size ** 2, "one record")
     if args.device is None:
         # Under accelerate/torchrun each process owns one device (cuda:LOCAL_RANK or cpu).
         args.device = str(state.device)

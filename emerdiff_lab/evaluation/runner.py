@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import check_blur_sigma
+from ..images import check_model_size
 from . import protocols as P
 from .datasets import Sample, SegmentationDataset, label_to_model
 
@@ -436,6 +438,8 @@ def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
     if open_vocab and not dataset.class_names:
         raise ValueError(f"the open-vocab protocol needs class names; dataset {dataset.name!r} "
                          f"has none (pass --class-names FILE for a folder dataset)")
+    check_model_size(image_size, "image_size")
+    check_blur_sigma(cfg.blur_sigma, image_size)
     state = state or make_state(str(model.device))
     out = Path(out)
     samples = list(dataset.samples[:limit])
