@@ -203,3 +203,26 @@ def test_overlay_blends_the_difference_map_over_the_image(explorer):
     assert explorer.diff_view.value != plain
     explorer.overlay.value = False
     assert explorer.diff_view.value == plain
+
+
+def test_explorer_benchmark_runs_and_records_the_median(tmp_path, tiny_model, monkeypatch):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_explorer.py"
+    spec = importlib.util.spec_from_file_location("bench_explorer", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cells = bench.distinct_cells((4, 4), 5)
+    assert len(set(cells)) == 5 and all(0 <= r < 4 and 0 <= c < 4 for r, c in cells)
+
+    monkeypatch.setattr("emerdiff_lab.models.load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr(tiny_model, "default_config",
+                        tiny_model.default_config.replace(num_masks=4))
+    out = tmp_path / "explorer.json"
+    assert bench.main(["--model", "tiny", "--image-size", "128", "--repeats", "3",
+                       "--no-segment", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["new_cell_n"] == 3 and record["new_cell_median_s"] > 0
+    assert record["cached_s"] < min(record["new_cell_s"])
