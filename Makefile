@@ -1,6 +1,9 @@
 # The README's commands. Each target sets up its own environment from nothing on a fresh clone.
 #   make demo     segment bundled images with the offline ToyWorld model -> figures/demo/
 #   make test     lint (ruff) and run the test suite (offline)
+#   make test-fast     everything but the slow and browser tests, for iteration
+#   make test-engine   the engine's invariants (inversion, modulation, segment, layers)
+#   make test-compat   engine, CLI and evaluation tests on the oldest declared dependencies
 #   make figures  execute every notebook headlessly -> figures/
 # Override e.g. MODEL=CompVis/stable-diffusion-v1-4 DEVICE=cuda DTYPE=float16 NUM_MASKS=30.
 
@@ -28,7 +31,18 @@ SIZE_ARGS = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NUM_MASKS),--n
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test figures clean
+# The engine's invariant tests, which .ci/run repeats with one thread and with torch's portable
+# CPU kernels (ATEN_CPU_CAPABILITY=default) to catch results that hold on one CPU only.
+ENGINE_TESTS = tests/test_inversion.py tests/test_modulation.py tests/test_segment.py \
+	tests/test_layers.py tests/test_tolerances.py
+# What the oldest declared diffusers / transformers / accelerate must pass.
+COMPAT_TESTS = $(ENGINE_TESTS) tests/test_models.py tests/test_cli.py tests/test_config.py \
+	tests/test_images.py tests/test_evaluation_metrics.py tests/test_evaluation_protocols.py \
+	tests/test_evaluation_datasets.py tests/test_evaluation_runner.py
+COMPAT_VENV ?= .venv-compat
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast test-engine test-compat figures clean
 
 setup: $(VENV)/.installed
 
@@ -44,7 +58,28 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check emerdiff_lab benchmarks scripts tests
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+test-engine: setup
+	$(BIN)/pytest $(ENGINE_TESTS) $(PYTEST_ARGS)
+
+# A second environment with the lower bounds of pyproject.toml pinned (scripts/oldest_requirements.py
+# reads them), so that the versions the package declares are versions that were tested.
+$(COMPAT_VENV)/.installed: pyproject.toml scripts/oldest_requirements.py
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(COMPAT_VENV)/bin/python -m pip install --quiet -e ".[dev,eval]" \
+		$$($(COMPAT_VENV)/bin/python scripts/oldest_requirements.py diffusers transformers accelerate)
+	touch $@
+
+test-compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python -c "import diffusers, transformers, accelerate, torch; \
+		print('compat run on diffusers', diffusers.__version__, 'transformers', \
+		transformers.__version__, 'accelerate', accelerate.__version__, 'torch', torch.__version__)"
+	$(COMPAT_VENV)/bin/pytest $(COMPAT_TESTS) $(PYTEST_ARGS)
 
 # Quick mode (128 px, <= 8 masks) is chosen automatically for the tiny model or a CPU.
 figures: setup
@@ -52,4 +87,4 @@ figures: setup
 		$(SIZE_ARGS) --out figures $(FIGURES_ARGS)
 
 clean:
-	rm -rf $(VENV) figures/demo figures/executed
+	rm -rf $(VENV) $(COMPAT_VENV) figures/demo figures/executed

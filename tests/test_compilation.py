@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import emerdiff_lab as edl
+from tolerances import assert_decoded_close
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_compiled_model_gives_the_eager_maps(tiny_model, fast_cfg):
     assert resnets and all(m._compiled_call_impl is not None for m in resnets)
     assert compiled.vae.decoder._compiled_call_impl is not None
     maps = edl.pixel_change_maps(compiled, inversion, lowres, fast_cfg, progress=False)
-    assert torch.allclose(maps, eager, atol=1e-4)
+    assert_decoded_close(maps, eager, what="compiled and eager maps")
 
 
 @pytest.mark.parametrize("parts", ["unet_resnets", ["vae"], ("unet_resnets", "text_encoder")])

@@ -13,6 +13,7 @@ from PIL import Image
 
 from emerdiff_lab.evaluation import runner
 from emerdiff_lab.evaluation.datasets import open_dataset
+from tolerances import assert_labels_agree, assert_scores_close
 
 SIZE = 128          # 4x4 feature grid on the tiny model
 PROTOCOLS = ("hungarian", "modified", "traditional")
@@ -140,7 +141,7 @@ def test_other_settings_on_same_out_are_refused(tiny_model, small_cfg, dataset, 
 
 
 def test_two_processes_under_torchrun_equal_one(scenes, reference, tmp_path):
-    _, ref_summary = reference
+    ref_out, ref_summary = reference
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", "-m", "emerdiff_lab.cli", "evaluate",
@@ -152,7 +153,17 @@ def test_two_processes_under_torchrun_equal_one(scenes, reference, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world_size=2" in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert _scores(summary) == _scores(ref_summary)
+    # Another process count and thread count reduce in another order: the random-weight model's
+    # near-tied labels may flip on a few pixels (tests/README.md), so labels are compared as
+    # agreement fractions and scores within SCORE_ATOL, not for equality.
+    assert_scores_close(_scores(summary), _scores(ref_summary))
+    for index in range(4):
+        ours = np.load(tmp_path / "records" / f"scene_{index}.npz")["emerdiff"]
+        theirs = np.load(ref_out / "records" / f"scene_{index}.npz")["emerdiff"]
+        assert_labels_agree(ours, theirs, what=f"scene_{index}'s labels")
+        # the check is still strict enough to see a one-pixel shift of these labels
+        with pytest.raises(AssertionError):
+            assert_labels_agree(np.roll(theirs, 1, axis=1), theirs)
 
 
 def test_open_vocab_reuses_records(tiny_model, small_cfg, dataset, reference, tmp_path,

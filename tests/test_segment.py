@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import emerdiff_lab as edl
+from tolerances import assert_decoded_close
 
 
 def test_every_step_shapes_and_dtypes(tiny_model, small_cfg, image128):
@@ -120,4 +121,5 @@ def test_segment_equals_the_steps_one_by_one(tiny_model, small_cfg, image128):
                                                         progress=False),
                                  lowres, small_cfg, progress=False)
     assert torch.equal(seg.lowres_labels, lowres)
-    assert torch.allclose(seg.diff_maps, edl.prepare_maps(maps, small_cfg.blur_sigma), atol=1e-5)
+    assert_decoded_close(seg.diff_maps, edl.prepare_maps(maps, small_cfg.blur_sigma),
+                         what="segment's maps and the steps' maps")
