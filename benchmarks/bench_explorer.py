@@ -6,7 +6,9 @@ slider move or a click costs), a revisited one (a cache hit), and the "Segment" 
 Default: the trained ToyWorld model on the explorer's default image (a held-out test scene) at
 its default setting (t_m = 481, lambda = 10, injection on). Each timed perturbation uses a cell
 never computed before in the session, so every one is a real computation; the record keeps every
-time, their median, and the load average around the run (the cores may be shared).
+time (wall clock, and the CPU time of this process), their medians, and the load average around
+the run (the cores may be shared: with one torch thread the CPU time is about what the wall clock
+would read on an idle core).
 """
 
 from __future__ import annotations
@@ -73,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = distinct_cells(session.grid, args.repeats + 1)
     session.perturbation(session.cell_region(*cells[0]))     # warm-up, not counted
-    new_cell = []
+    new_cell, new_cell_cpu = [], []
     for cell in cells[1:]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         session.perturbation(session.cell_region(*cell))
         new_cell.append(time.perf_counter() - start)
+        new_cell_cpu.append(time.process_time() - cpu)
     start = time.perf_counter()
     session.perturbation(session.cell_region(*cells[1]))
     cached = time.perf_counter() - start
@@ -96,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         "new_cell_s": [round(s, 4) for s in new_cell],
         "new_cell_median_s": round(statistics.median(new_cell), 4),
         "new_cell_n": len(new_cell), "cached_s": round(cached, 6),
+        # CPU seconds of this process: with one torch thread, about the wall time on an idle
+        # core, whatever else shares the machine.
+        "new_cell_cpu_s": [round(s, 4) for s in new_cell_cpu],
+        "new_cell_cpu_median_s": round(statistics.median(new_cell_cpu), 4),
         "segment": segment, "load_model_s": round(load_seconds, 2),
         "prepare_session_s": round(prepare_seconds, 2),
         "cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -105,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"new single-cell perturbation: median {record['new_cell_median_s']:.3f} s over "
-          f"{len(new_cell)} cells (min {min(new_cell):.3f}, max {max(new_cell):.3f}); cached "
+          f"{len(new_cell)} cells (min {min(new_cell):.3f}, max {max(new_cell):.3f}; CPU time "
+          f"median {record['new_cell_cpu_median_s']:.3f} s); cached "
           f"{cached * 1000:.2f} ms" + (f"; Segment {segment['seconds']:.1f} s" if segment else "")
           + f"; {record['cpu_cores']} cores, {record['torch_threads']} torch thread(s), load "
           f"average {record['load_average_before'][0]:.1f} before")

@@ -67,42 +67,49 @@ class Check:
 
 @dataclass
 class Lesson:
-    """A workshop run: its parts with their wall-clock time, and each exercise's latest check.
+    """A workshop run: its parts with their time, and each exercise's latest check.
 
-    Run headless (papermill), a part's time is its compute time; run by hand it also holds the
-    reading and thinking between cells.
+    Each part keeps two clocks: wall-clock seconds (run headless, that is its compute time; run
+    by hand it also holds the reading and thinking between cells) and the CPU seconds this
+    process used (with one torch thread, about what the wall clock would read on an idle core,
+    whatever else the machine is doing).
     """
 
-    parts: list = field(default_factory=list)       # [title, start, end or None]
+    parts: list = field(default_factory=list)       # [title, wall start, cpu start, end or None]
     checks: dict = field(default_factory=dict)      # exercise -> Check
 
     def part(self, title: str) -> None:
         """Ends the running part (if any) and starts ``title``."""
         self._close()
-        self.parts.append([title, time.perf_counter(), None])
+        self.parts.append([title, time.perf_counter(), time.process_time(), None])
         print(f"== {title} ==")
 
     def finish(self) -> None:
         self._close()
 
     def _close(self) -> None:
-        if self.parts and self.parts[-1][2] is None:
-            self.parts[-1][2] = time.perf_counter()
+        if self.parts and self.parts[-1][3] is None:
+            self.parts[-1][3] = (time.perf_counter(), time.process_time())
 
     def record(self, check: Check) -> Check:
         self.checks[check.exercise] = check
         return check
 
-    def timings(self) -> list[tuple[str, float]]:
-        """(title, seconds) per part; a running part counts up to now."""
-        now = time.perf_counter()
-        return [(title, (end or now) - start) for title, start, end in self.parts]
+    def timings(self, clock: str = "wall") -> list[tuple[str, float]]:
+        """(title, seconds) per part on the ``"wall"`` or ``"cpu"`` clock; a running part
+        counts up to now."""
+        index = {"wall": 0, "cpu": 1}[clock]
+        now = (time.perf_counter(), time.process_time())
+        return [(title, (end or now)[index] - (wall, cpu)[index])
+                for title, wall, cpu, end in self.parts]
 
     def report(self) -> str:
-        """Per-part time and the scorecard, as text."""
-        lines = ["part                                              seconds"]
-        lines += [f"{title[:48]:<48}{seconds:>9.1f}" for title, seconds in self.timings()]
-        lines.append(f"{'total':<48}{sum(s for _, s in self.timings()):>9.1f}")
+        """Per-part time (wall and CPU seconds) and the scorecard, as text."""
+        wall, cpu = self.timings("wall"), self.timings("cpu")
+        lines = [f"{'part':<48}{'wall s':>9}{'CPU s':>9}"]
+        lines += [f"{title[:48]:<48}{w:>9.1f}{c:>9.1f}" for (title, w), (_, c) in zip(wall, cpu)]
+        lines.append(f"{'total':<48}{sum(w for _, w in wall):>9.1f}"
+                     f"{sum(c for _, c in cpu):>9.1f}")
         right = sum(c.passed for c in self.checks.values())
         lines.append(f"\nexercises right: {right} of {len(self.checks)}")
         lines += [f"  {c.exercise}: {c.status}" for c in self.checks.values()]
