@@ -13,6 +13,7 @@ Two layers, so that the logic can be tested without a browser:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -204,9 +205,7 @@ class PerturbationSession:
         key = self.segmentation_key(**options)
         if key in self._segmentations:
             self._segmentations.move_to_end(key)
-            cached = self._segmentations[key]
-            return SegmentationView(cached.labels, cached.naive, cached.miou, cached.naive_miou,
-                                    0.0)
+            return dataclasses.replace(self._segmentations[key], seconds=0.0)
         strength, timestep, layer, injection, placement = key
         cfg = self.cfg.replace(modulation_strength=strength, modulation_timestep=timestep,
                                modulation_layer=layer, attention_injection=injection,
