@@ -43,15 +43,12 @@ _FIELD_HELP = {
 def main(argv: list[str] | None = None) -> int:
     """Runs one command. Returns the exit code: 0 success, 1 an error (one line on stderr, the
     whole traceback with ``--traceback``), 2 a usage error, 130 interrupted by Ctrl-C."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "handler"):
-        parser.print_help()
-        return 2
-    show_traceback = getattr(args, "traceback", False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Read before parsing, so that a Ctrl-C while the heavy modules import is covered too.
+    show_traceback = "--traceback" in argv
     with one_line_warnings():
         try:
-            return int(args.handler(args) or 0)
+            return _parse_and_run(argv)
         except KeyboardInterrupt:
             if show_traceback:
                 traceback.print_exc()
@@ -64,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             print(f"emerdiff-lab: error: {describe_error(error)}", file=sys.stderr)
             return 1
+
+
+def _parse_and_run(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    return int(args.handler(args) or 0)
 
 
 # Failures of the input, the environment or the machine: their messages are meant for the user.

@@ -206,3 +206,27 @@ def test_blur_wider_than_the_image_is_refused_before_anything_is_written(scenes,
     with pytest.raises(ValueError, match="blur_sigma 100 px is larger than the 16 px image"):
         _run(scenes, tmp_path / "out", monkeypatch, cfg=CFG.replace(blur_sigma=100.0))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_refusal_under_torchrun_stops_every_process(scenes, tmp_path):
+    """The main process refuses (other settings); the other one must stop too, not wait."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    (out / "records").mkdir(parents=True)
+    (out / "records" / "scene0.npz").write_bytes(b"")  # a record exists: refusal, not reuse
+    (out / "run.json").write_text(json.dumps({"config": {"num_masks": 7}}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "emerdiff_lab.cli", "evaluate",
+               "--dataset", "folder", "--root", str(scenes), "--num-classes", "3",
+               "--model", "tiny", "--image-size", "64", "--num-masks", "2", "--out", str(out),
+               "--quiet"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode != 0
+    assert "other settings" in done.stderr and "num_masks: 7 there, 2 now" in done.stderr
+    assert "main process stopped before any work" in done.stderr

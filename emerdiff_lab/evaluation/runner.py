@@ -326,17 +326,20 @@ def _settings_from_records(out: Path) -> dict | None:
 
 
 def _differences(previous: dict, current: dict) -> list[str]:
-    """The compared settings that differ, config fields spelled out (``num_masks: 6 -> 3``).
-    Keys an older run.json lacks are not counted: its records are rechecked one by one."""
+    """The compared settings that differ, config fields spelled out (``num_masks: 6 there,
+    3 now``). Keys an older run.json lacks are not counted: its records are rechecked one by
+    one against their own descriptions."""
     found = []
     for key in COMPARED_SETTINGS:
         if key not in previous or previous[key] == current[key]:
             continue
         if key == "config" and isinstance(previous[key], dict):
-            fields = [f"{name}: {previous[key].get(name)!r} there, {value!r} now"
+            # Fields added to EmerDiffConfig since that run are not held against it.
+            fields = [f"{name}: {previous[key][name]!r} there, {value!r} now"
                       for name, value in current[key].items()
-                      if previous[key].get(name) != value]
-            found.append(f"config ({'; '.join(fields)})")
+                      if name in previous[key] and previous[key][name] != value]
+            if fields:
+                found.append(f"config ({'; '.join(fields)})")
         else:
             found.append(key)
     return found
@@ -369,6 +372,21 @@ def _check_run_file(out: Path, fingerprint: dict, open_vocab: bool) -> None:
     if not open_vocab and previous and (previous.get("open_vocab") or {}).get("clip_model"):
         merged["open_vocab"] = previous["open_vocab"]  # what an earlier open-vocab run used
     _write_text_atomic(path, json.dumps(merged, indent=2))
+
+
+def _prepare_out(out: Path, fingerprint: dict, samples: list[Sample], settings: dict,
+                 open_vocab: bool, openvocab_args: tuple) -> _Plan:
+    """Main process, before any work: checks run.json, removes leftovers of killed runs and
+    plans what to compute, saying how many records no longer match their inputs."""
+    _check_run_file(out, fingerprint, open_vocab)
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    _remove_temporary_files(out)
+    plan = _plan(out, samples, settings, open_vocab, openvocab_args)
+    if plan.stale:
+        reasons = ", ".join(f"{n} {why}" for why, n in plan.stale.most_common())
+        warnings.warn(f"recomputing {sum(plan.stale.values())} record(s) that no longer match "
+                      f"their inputs: {reasons}", stacklevel=3)
+    return plan
 
 
 def _remove_temporary_files(out: Path) -> int:
@@ -409,7 +427,9 @@ def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
         dataset: from :func:`emerdiff_lab.evaluation.datasets.open_dataset`.
         cfg: the ``EmerDiffConfig`` (``num_masks`` <= feature grid cells: 16 for the tiny model at
             128 px).
-        out: output folder; existing records there are reused.
+        out: output folder. Records there are reused when they match what they would be
+            computed from now (their image and label files, settings and weights); the others
+            are recomputed, corrupt ones after being moved aside (see the module docstring).
         image_size: side S of the square the model sees; every method is scored at S x S.
         protocols: subset of :data:`PROTOCOLS`.
         limit: number of images (None: all); the dataset's first images in id order.
@@ -421,6 +441,7 @@ def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
 
     Returns:
         The summary dict (also written to OUT/summary.json) on the main process, None elsewhere.
+        ``summary["recomputed"]`` counts the stale and corrupt records recomputed, with why.
     """
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -447,23 +468,24 @@ def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
     clip_size = getattr(clip, "input_size", None)
     fingerprint = _fingerprint(settings, dataset, clip_id, clip_size)
     openvocab_args = (clip_id, clip_size, dataset.class_names)
-    plan = None
+    plan, failure = None, None
     if state.is_main_process:
-        _check_run_file(out, fingerprint, open_vocab)
-        (out / "records").mkdir(parents=True, exist_ok=True)
-        _remove_temporary_files(out)
-        plan = _plan(out, samples, settings, open_vocab, openvocab_args)
-        if plan.stale:
-            reasons = ", ".join(f"{n} {why}" for why, n in plan.stale.most_common())
-            warnings.warn(f"recomputing {sum(plan.stale.values())} record(s) that no longer "
-                          f"match their inputs: {reasons}", stacklevel=2)
+        try:
+            plan = _prepare_out(out, fingerprint, samples, settings, open_vocab, openvocab_args)
+        except Exception as error:
+            if state.num_processes == 1:
+                raise
+            failure = error  # told to the other processes first, so that none waits for ever
     if state.num_processes > 1:
         # One plan for every process: the main one may have moved corrupt records aside.
         from accelerate.utils import broadcast_object_list
 
-        plan = broadcast_object_list([plan])[0]
-    else:
-        state.wait_for_everyone()
+        message = None if failure is None else str(failure)
+        plan, message = broadcast_object_list([plan, message])
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise ValueError(f"the main process stopped before any work: {message}")
     todo = plan.todo
     pending = [s for s in samples if s.id in todo]
     text = clip.text_embeddings(dataset.class_names).cpu() if open_vocab and pending else None
