@@ -173,8 +173,10 @@ def interior_cell(labels: torch.Tensor, name: str, grid: int = 16) -> tuple[int,
     """
     cell = labels.shape[-1] // grid
     pure = (labels.reshape(grid, cell, grid, cell) == class_id(name)).all(3).all(1)
+    # A cell is inner when the minimum of `pure` over its 3x3 neighbourhood is 1 (the border
+    # of the image counts as outside).
     padded = torch.nn.functional.pad(pure[None, None].float(), (1, 1, 1, 1))
-    inner = torch.nn.functional.max_pool2d(-padded, 3, stride=1)[0, 0] == 0
+    inner = -torch.nn.functional.max_pool2d(-padded, 3, stride=1)[0, 0] == 1
     for candidates in (pure & inner, pure):
         rows, cols = torch.nonzero(candidates, as_tuple=True)
         if len(rows):

@@ -135,6 +135,12 @@ def test_interior_cell_lies_inside_its_class(scene):
     _, labels = scene
     row, col = ws.interior_cell(labels, "sky")
     assert (labels[ws.cell_pixels((row, col))] == ws.class_id("sky")).all()
+    square = torch.zeros(64, 64, dtype=torch.int64)
+    square[8:28, 8:28] = ws.class_id("tree")            # cells 2..6: only cell (4, 4) is inner
+    assert ws.interior_cell(square, "tree") == (4, 4)
+    square[16:20, 16:20] = 0                             # no inner cell left: any pure one
+    row, col = ws.interior_cell(square, "tree")
+    assert (square[ws.cell_pixels((row, col))] == ws.class_id("tree")).all()
     with pytest.raises(ValueError, match="unknown class"):
         ws.interior_cell(labels, "cloud")
     with pytest.raises(ValueError, match="entirely"):
