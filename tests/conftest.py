@@ -1,4 +1,10 @@
-"""Shared fixtures: the offline tiny model, small images, and ../shared data when it is present."""
+"""Shared fixtures: the offline tiny model, small images, and ../shared data when it is present.
+
+Tolerances: compare floats relative to their scale and to the depth of the computation, labels
+of random-weight models as agreement fractions, and with exact equality only two runs of the
+same computation on the same shapes and thread count. The policy is in tests/README.md; the
+named bounds and helpers are in tests/tolerances.py.
+"""
 
 import os
 from pathlib import Path

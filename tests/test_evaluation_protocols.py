@@ -10,6 +10,7 @@ from emerdiff_lab.evaluation.openvocab import (
     classify_masks,
     classify_pixels,
     pool_in_masks,
+    run_clip_encoder_layer,
 )
 
 # Two images, 2 classes. Image A: masks 0/1 cover classes 0/1 exactly; image B: masks swapped.
@@ -124,8 +125,7 @@ def test_dense_clip_shapes_and_cls_path_matches_clip():
     vision = model.vision_model
     hidden = vision.pre_layrnorm(vision.embeddings(pixels, interpolate_pos_encoding=True))
     for layer in vision.encoder.layers:
-        hidden = layer(hidden, None)
-        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        hidden = run_clip_encoder_layer(layer, hidden)
     ours = model.visual_projection(vision.post_layernorm(hidden[:, 0]))
     theirs = model.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True)
     theirs = getattr(theirs, "pooler_output", theirs)

@@ -7,6 +7,8 @@ embeddings from a transformers ``CLIPModel`` the MaskCLIP way (Zhou et al., ECCV
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -142,8 +144,7 @@ class DenseCLIP:
         hidden = vision.pre_layrnorm(hidden)
         layers = vision.encoder.layers
         for layer in layers[:-1]:
-            hidden = layer(hidden, None)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            hidden = run_clip_encoder_layer(layer, hidden)
         last = layers[-1]
         value = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(hidden)))
         hidden = hidden + value
@@ -151,3 +152,15 @@ class DenseCLIP:
         patches = self.model.visual_projection(vision.post_layernorm(hidden[:, 1:]))[0]
         side = self.input_size // self.patch_size
         return F.normalize(patches.float(), dim=-1).T.reshape(-1, side, side)
+
+
+def run_clip_encoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One unmasked CLIP encoder layer, (1, tokens, D) -> (1, tokens, D), on every supported
+    transformers: before 5.0 ``forward`` also takes a required ``causal_attention_mask`` and
+    returns a tuple; from 5.0 it takes only ``attention_mask`` and returns the tensor."""
+    parameters = inspect.signature(layer.forward).parameters
+    masks = {"attention_mask": None}
+    if "causal_attention_mask" in parameters:
+        masks["causal_attention_mask"] = None
+    out = layer(hidden, **masks)
+    return out[0] if isinstance(out, tuple) else out
