@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Held-out evaluation of EmerDiff on ToyWorld-latent (VAE + latent UNet, 256 px scenes).
+"""Held-out evaluation of EmerDiff on ToyWorld-latent (VAE + latent UNet, 128 px scenes).
 
     # the model card's table (test scenes; --record writes the numbers the CI test re-checks)
     OMP_NUM_THREADS=2 nice -n 19 .venv/bin/python scripts/eval_toyworld_latent.py table --n 16 \
@@ -35,7 +35,7 @@ from emerdiff_lab.toyworld.evaluation_latent import (
     pixel_colour_kmeans,
     scenes,
 )
-from emerdiff_lab.toyworld.latent_model import WEIGHTS_PATH, load_toyworld_latent
+from emerdiff_lab.toyworld.latent_model import IMAGE_SIZE, WEIGHTS_PATH, load_toyworld_latent
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED_PATH = ROOT / "emerdiff_lab" / "toyworld" / "recorded_eval_latent.json"
@@ -56,7 +56,7 @@ def vae_psnr(model, n: int, start: int) -> dict:
     from emerdiff_lab.toyworld.scenes256 import generate_batch
 
     pixels, _ = scenes(n, start=start)
-    clean, _ = generate_batch(range(start, start + n), clean=True)
+    clean, _ = generate_batch(range(start, start + n), IMAGE_SIZE, clean=True)
     clean = torch.from_numpy(clean).permute(0, 3, 1, 2).float() / 255
     values = []
     for i in range(n):
@@ -78,14 +78,14 @@ def old_scene_pixel_kmeans(n: int, k: int) -> dict:
 
 
 def segment_seconds(model, repeats: int = 1) -> float:
-    """Wall seconds of ``edl.segment`` on one 256 px test scene with the default config (K=6)."""
+    """Wall seconds of ``edl.segment`` on one test scene (IMAGE_SIZE px), default config (K=6)."""
     import emerdiff_lab as edl
 
     pixels, _ = scenes(1, start=TEST_SEED_START)
     times = []
     for _ in range(repeats):
         tick = time.time()
-        edl.segment(model, pixels[0], image_size=256, progress=False)
+        edl.segment(model, pixels[0], image_size=IMAGE_SIZE, progress=False)
         times.append(time.time() - tick)
     return float(min(times))
 
@@ -93,8 +93,8 @@ def segment_seconds(model, repeats: int = 1) -> float:
 def markdown_table(record: dict) -> str:
     trained, random = record["results"]["trained"], record["results"]["random"]
     n = trained["n"]
-    lines = [f"| per-image Hungarian mIoU, {n} test scenes at 256 px (mean ± s.e.) | trained | "
-             f"random-weight UNet + trained VAE |", "|---|---|---|"]
+    lines = [f"| per-image Hungarian mIoU, {n} test scenes at {IMAGE_SIZE} px (mean ± s.e.) | "
+             f"trained | random-weight UNet + trained VAE |", "|---|---|---|"]
     for m in UNET_METHODS:
         lines.append(f"| {LABELS[m]} | {trained['mean'][m]:.3f} ± {trained['sem'][m]:.3f} | "
                      f"{random['mean'][m]:.3f} ± {random['sem'][m]:.3f} |")
@@ -132,12 +132,12 @@ def run_table(args) -> None:
               "paired": pairs,
               "vae_psnr_db": vae_psnr(trained, args.n, TEST_SEED_START),
               "old_scenes_pixel_kmeans": old_scene_pixel_kmeans(args.n, cfg.num_masks),
-              "segment_seconds_256px_k6": segment_seconds(trained)}
+              "segment_seconds_k6": segment_seconds(trained)}
     record["markdown"] = markdown_table(record)
     print(record["markdown"])
     print(f"VAE PSNR {record['vae_psnr_db']['mean']:.2f} ± {record['vae_psnr_db']['sem']:.2f} dB;"
           f" old 64 px scenes' pixel k-means {record['old_scenes_pixel_kmeans']['mean']:.3f}; "
-          f"segment {record['segment_seconds_256px_k6']:.1f} s")
+          f"segment {record['segment_seconds_k6']:.1f} s")
     for path in ([args.out] if args.out else []) + ([RECORDED_PATH] if args.record else []):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
@@ -159,7 +159,7 @@ def run_sweep(args) -> None:
     for layer in find_semantic_block(model.unet).cross_attention_layers:
         cfg = base.replace(feature_layer=layer)
         values = [_miou(nearest_upsample(edl.kmeans_masks(edl.extract_features(
-            model, pixels[i], cfg), k=cfg.num_masks, seed=cfg.seed), 256), labels[i])
+            model, pixels[i], cfg), k=cfg.num_masks, seed=cfg.seed), IMAGE_SIZE), labels[i])
             for i in range(args.n)]
         report["masks"][layer] = float(np.mean(values))
         print(f"masks {layer}: {np.mean(values):.3f}", flush=True)
@@ -169,7 +169,8 @@ def run_sweep(args) -> None:
     for i in range(args.n):
         lowres = edl.kmeans_masks(edl.extract_features(model, pixels[i], base),
                                   k=base.num_masks, seed=base.seed)
-        scores.setdefault("naive", []).append(_miou(upsample_bilinear(lowres, 256), labels[i]))
+        scores.setdefault("naive", []).append(_miou(upsample_bilinear(lowres, IMAGE_SIZE),
+                                                         labels[i]))
         inversion = edl.invert(model, pixels[i], base, progress=False)
         for t_m, lam in grid:
             raw = edl.pixel_change_maps(model, inversion, lowres, base.replace(
@@ -219,10 +220,10 @@ def run_figure(args) -> None:
 
     fig, axes = plt.subplots(3, 5, figsize=(11, 6.8))
     for row in range(3):
-        seg = edl.segment(model, pixels[row], image_size=256, progress=False)
+        seg = edl.segment(model, pixels[row], image_size=IMAGE_SIZE, progress=False)
         panels = (pixels[row].permute(1, 2, 0).numpy(), labels[row].numpy(),
-                  np.kron(seg.lowres_labels.numpy(), np.ones((16, 16), int)),
-                  upsample_bilinear(seg.lowres_labels, 256).numpy(), seg.labels.numpy())
+                  np.kron(seg.lowres_labels.numpy(), np.ones((IMAGE_SIZE // 16,) * 2, int)),
+                  upsample_bilinear(seg.lowres_labels, IMAGE_SIZE).numpy(), seg.labels.numpy())
         for col, (panel, title) in enumerate(zip(panels, ("scene", "ground truth",
                                                           "k-means masks", "naive",
                                                           "EmerDiff"))):

@@ -11,8 +11,8 @@ Two stages:
         train --minutes 60 --export emerdiff_lab/weights/toyworld_latent.safetensors \
         > runs/toyworld_latent/unet.log 2>&1 &
 
-Training scenes come from the ``*.npy`` files of noise-free 256 px renders in --data (seeds 0 up,
-written by train_toyworld_vae.py's pool and by ``scenes``); the sensor noise of
+Training scenes come from the ``*.npy`` files of noise-free 128 px renders in --data (seeds 0 up,
+written by train_toyworld_vae.py's pool and by the ``scenes`` stage); the sensor noise of
 ``generate_scene`` is added before encoding, so the UNet learns the latents of the images it will
 be given. Every --checkpoint-minutes the run writes OUT/checkpoint.pt and
 OUT/toyworld_latent.safetensors (VAE + EMA UNet + condition, float16: a loadable weight file).
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from emerdiff_lab.toyworld.latent_model import (
+    IMAGE_SIZE,
     SCHEDULER_CONFIG,
     build_unet,
     build_vae,
@@ -78,7 +79,7 @@ def load_vae(path: Path):
 def render_scenes(args) -> None:
     """Writes --num-scenes noise-free training scenes from --first-seed to --data."""
     images, _ = generate_batch(range(args.first_seed, args.first_seed + args.num_scenes),
-                               clean=True)
+                               IMAGE_SIZE, clean=True)
     np.save(args.data / f"scenes_{args.first_seed}.npy", images)
 
 

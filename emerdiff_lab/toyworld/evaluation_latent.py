@@ -1,9 +1,9 @@
-"""Held-out evaluation of EmerDiff on ToyWorld-latent's 256 px scenes, with baselines that need
+"""Held-out evaluation of EmerDiff on ToyWorld-latent's scenes (128 px), with baselines that need
 no diffusion model.
 
 For every scene, each scored by per-image Hungarian mIoU against the exact class map:
 
-- ``masks``: k-means (K masks) of the 16x16 UNet features, nearest-upsampled (each 16 px cell one
+- ``masks``: k-means (K masks) of the 16x16 UNet features, nearest-upsampled (each 8 px cell one
   label): how semantic the masks themselves are;
 - ``naive``: the same masks upsampled bilinearly (the paper's baseline);
 - ``emerdiff``: EmerDiff's labels (raw difference maps; ``emerdiff_norm``: each map / its max);
@@ -29,6 +29,7 @@ from ..features import extract_features, kmeans_masks
 from ..inversion import invert
 from ..modulation import pixel_change_maps
 from .evaluation import VALIDATION_SEED_START, nearest_upsample, summarize
+from .latent_model import IMAGE_SIZE
 from .scenes256 import HELDOUT_SEED_START, generate_batch
 
 UNET_METHODS = ("masks", "naive", "emerdiff", "emerdiff_norm")
@@ -40,7 +41,7 @@ __all__ = ["BASELINES", "METHODS", "TEST_SEED_START", "UNET_METHODS", "VALIDATIO
            "unet_scores"]
 
 
-def scenes(n: int, *, start: int = TEST_SEED_START, size: int = 256):
+def scenes(n: int, *, start: int = TEST_SEED_START, size: int = IMAGE_SIZE):
     """``n`` held-out scenes from seed ``start``: (n, 3, size, size) float32 in [0, 1] (with the
     generator's sensor noise, as a user would pass them) and (n, size, size) int64 labels."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -109,7 +110,7 @@ def unet_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
 
 def evaluate(model, n: int, cfg: EmerDiffConfig | None = None, *, start: int = TEST_SEED_START,
              baselines: bool = True, progress: bool = True) -> dict:
-    """Evaluates ``model`` on ``n`` held-out 256 px scenes from seed ``start``.
+    """Evaluates ``model`` on ``n`` held-out scenes (IMAGE_SIZE px) from seed ``start``.
 
     Returns:
         dict with ``per_image`` ({method: [n floats]}), ``mean``, ``sem`` (standard error over
