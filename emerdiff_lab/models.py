@@ -222,7 +222,7 @@ def load_model(
 
     from diffusers import StableDiffusionPipeline
 
-    local_files_only, hub_problem = _check_model_source(model_id, revision, token,
+    local_files_only, unreachable = _check_model_source(model_id, revision, token,
                                                         local_files_only, hub_timeout)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -231,16 +231,16 @@ def load_model(
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
     except Exception as error:  # hub, HTTP and file errors come in many types
-        if hub_problem is not None:
-            raise OSError(_offline_advice(model_id, hub_problem)) from error
+        if unreachable is not None:
+            raise OSError(offline_advice(model_id, unreachable)) from error
         raise OSError(
             f"Could not load Stable Diffusion weights for {model_id!r}: "
             f"{type(error).__name__}: {error}. The weights must be in the local Hugging Face "
             f"cache, in a local diffusers folder, or downloadable. For an offline run without "
             f"weights use emerdiff_lab.load_model('tiny') (random weights)."
         ) from error
-    if hub_problem is not None:
-        warnings.warn(f"{hub_problem}; loaded {model_id!r} from the local cache", UserWarning,
+    if unreachable is not None:
+        warnings.warn(f"{unreachable}; loaded {model_id!r} from the local cache", UserWarning,
                       stacklevel=2)
     pipe.to(device)
     return from_pipeline(pipe, model_id=model_id, revision=revision)
@@ -253,8 +253,8 @@ def _check_model_source(model_id: str, revision: str | None, token, local_files_
 
     diffusers asks the hub for the repository's file list with no timeout, so a proxy that
     accepts connections and never answers hangs it for ever; asking first, with a timeout, turns
-    that into a local-cache attempt. Returns ``(local_files_only, hub_problem)``: when the hub
-    could not be reached, local_files_only becomes True and hub_problem says why.
+    that into a local-cache attempt. Returns ``(local_files_only, unreachable)``: when the hub
+    could not be reached, local_files_only becomes True and unreachable says why.
     """
     path = Path(model_id).expanduser()
     if path.is_dir():
@@ -271,23 +271,40 @@ def _check_model_source(model_id: str, revision: str | None, token, local_files_
             f"model_index.json, written by StableDiffusionPipeline.save_pretrained) or a hub id "
             f"such as {DEFAULT_MODEL_ID!r}. For an offline run without weights use "
             f"emerdiff_lab.load_model('tiny') (random weights).")
+    if local_files_only:
+        return True, None
+    problem = hub_problem(model_id, revision=revision, token=token, timeout=timeout)
+    return problem is not None, problem
+
+
+def hub_problem(repo_id: str, *, revision: str | None = None, token=None,
+                timeout: float | None = None) -> str | None:
+    """Asks the Hugging Face hub about ``repo_id`` with a timeout in seconds (None:
+    :data:`HUB_TIMEOUT`, read at call time). Returns None when
+    it answered (even "not found": the loader then reports that) or offline mode is on, else a
+    sentence saying why it could not be reached; the caller then loads from the local cache.
+
+    diffusers and transformers look up the hub with no timeout or with many retries, so a proxy
+    that accepts connections and never answers would hang them for minutes or for ever.
+    """
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
-    if local_files_only or constants.is_offline_mode():
-        return local_files_only, None
+    if constants.is_offline_mode():
+        return None
+    timeout = HUB_TIMEOUT if timeout is None else timeout
     api = HfApi()
     try:
-        api.model_info(model_id, revision=revision, token=token, timeout=timeout)
+        api.model_info(repo_id, revision=revision, token=token, timeout=timeout)
     except HFValidationError as error:
-        raise ValueError(f"model {model_id!r} is neither 'tiny', a local folder nor a valid hub "
-                         f"id such as {DEFAULT_MODEL_ID!r} ({error})") from error
+        raise ValueError(f"{repo_id!r} is neither a local folder nor a valid hub id such as "
+                         f"{DEFAULT_MODEL_ID!r} ({error})") from error
     except HfHubHTTPError:
-        return False, None  # the hub answered (not found, gated, ...): diffusers reports it
+        return None  # the hub answered (not found, gated, ...): the loader reports it
     except Exception as error:  # noqa: BLE001 - timeouts, refused connections, proxy failures
-        return True, (f"the Hugging Face hub at {api.endpoint} could not be reached or did not "
-                      f"answer within {timeout:g} s ({type(error).__name__}: {error})")
-    return False, None
+        return (f"the Hugging Face hub at {api.endpoint} could not be reached or did not answer "
+                f"within {timeout:g} s ({type(error).__name__}: {error})")
+    return None
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -296,11 +313,11 @@ def _looks_like_path(model_id: str) -> bool:
     return model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
 
 
-def _offline_advice(model_id: str, hub_problem: str) -> str:
+def offline_advice(model_id: str, problem: str, what: str = "Stable Diffusion weights") -> str:
     """The message when the hub cannot be reached and the model is not in the local cache.
 
     HF_HUB_OFFLINE=1 only helps once the weights are cached, so the advice says so."""
-    return (f"Could not load Stable Diffusion weights for {model_id!r}: {hub_problem}, and they "
+    return (f"Could not load {what} for {model_id!r}: {problem}, and they "
             f"are not in the local Hugging Face cache either. To work offline: download them "
             f"once where the hub is reachable (they go to the cache), then set HF_HUB_OFFLINE=1 "
             f"before starting Python (or pass --local-files-only / local_files_only=True); or "

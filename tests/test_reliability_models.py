@@ -123,3 +123,34 @@ def test_unavailable_device_is_refused_naming_the_available_ones(device):
     with pytest.raises(ValueError, match=rf"device '{device}' is not available on this "
                                          rf"machine.*available: cpu"):
         edl.load_model("tiny", device=device)
+
+
+def test_silent_hub_for_the_clip_model_times_out_too(online_hub, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from emerdiff_lab.cli import main
+    from emerdiff_lab.evaluation import cli as evaluation_cli
+    from emerdiff_lab.models import HUB_TIMEOUT
+
+    for folder in ("images", "labels"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "data" / "images" / "a.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8), mode="L").save(
+        tmp_path / "data" / "labels" / "a.png")
+    (tmp_path / "names.txt").write_text("thing\n")
+    monkeypatch.setattr(evaluation_cli, "load_model_from_args",
+                        lambda args: pytest.fail("the CLIP check comes first"))
+    assert HUB_TIMEOUT == 10.0
+    monkeypatch.setattr("emerdiff_lab.models.HUB_TIMEOUT", 1.0)  # shorter, for the test
+    with silent_server() as url:
+        online_hub(url)
+        start = time.monotonic()
+        code = main(["evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"),
+                     "--class-names", str(tmp_path / "names.txt"), "--protocol", "open-vocab",
+                     "--clip-model", "org/clip", "--out", str(tmp_path / "out"), "--quiet"])
+        elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert code == 1 and elapsed < 30  # transformers alone retried for minutes
+    assert "Could not load the CLIP model for 'org/clip'" in err
+    assert "did not answer within 1 s" in err and "HF_HUB_OFFLINE=1" in err

@@ -81,15 +81,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.device is None:
         # Under accelerate/torchrun each process owns one device (cuda:LOCAL_RANK or cpu).
         args.device = str(state.device)
-    model = load_model_from_args(args)
-    cfg = config_from_args(args, model.default_config)
     clip = None
-    if "open-vocab" in args.protocol:
+    if "open-vocab" in args.protocol:  # first: it fails faster than the diffusion model loads
         from .openvocab import DenseCLIP
 
-        clip = DenseCLIP.from_pretrained(args.clip_model, device=args.device,
-                                         input_size=args.clip_size,
-                                         local_files_only=args.local_files_only)
+        clip = _load_clip(DenseCLIP, args)
+    model = load_model_from_args(args)
+    cfg = config_from_args(args, model.default_config)
     summary = evaluate(model, dataset, cfg, args.out, image_size=args.image_size,
                        protocols=args.protocol, limit=args.limit, clip=clip,
                        clip_id=args.clip_model, progress=not args.quiet, state=state)
@@ -101,3 +99,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
               f"recomputed_stale={recomputed['stale']} recomputed_corrupt={recomputed['corrupt']} "
               f"out={args.out}")
     return 0
+
+
+def _load_clip(dense_clip, args: argparse.Namespace):
+    """``DenseCLIP.from_pretrained`` for --clip-model, after a hub look-up with a timeout: when
+    the hub cannot be reached, only the local cache is tried (transformers alone retries for
+    minutes), and a failure says how to work offline."""
+    from ..models import hub_problem, offline_advice
+
+    local_only, problem = args.local_files_only, None
+    if not local_only and not Path(args.clip_model).expanduser().is_dir():
+        problem = hub_problem(args.clip_model)
+        local_only = problem is not None
+    try:
+        return dense_clip.from_pretrained(args.clip_model, device=args.device,
+                                          input_size=args.clip_size, local_files_only=local_only)
+    except OSError as error:
+        if problem is None:
+            raise
+        raise OSError(offline_advice(args.clip_model, problem, "the CLIP model")) from error
