@@ -195,3 +195,11 @@ def test_unexpected_errors_are_one_line_and_traceback_shows_them(fake, tmp_path,
         assert main([*argv, "--out", str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err
         assert "Traceback (most recent call last)" in err and "in broken" in err
+
+
+def test_the_same_file_given_twice_is_segmented_once(fake, tmp_path, capsys):
+    image = _photo(tmp_path / "a.png", 8)
+    assert _segment([image, str(tmp_path / "." / "a.png"), image], tmp_path / "out") == 0
+    assert len(fake.photos) == 1 and sorted(p.name for p in (tmp_path / "out").glob("*.npz")) \
+        == ["a.npz"]
+    assert "2 image(s) given more than once are segmented once" in capsys.readouterr().err
