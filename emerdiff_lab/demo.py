@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io import unique_output_stems
+
 ASSETS = Path(__file__).resolve().parent / "assets" / "toyworld"
 PANEL_PX = 256
 COLUMNS = ("scene", "k-means masks (16x16)", "naive upsampling", "EmerDiff", "ground truth")
@@ -89,11 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import main as cli_main
 
     args = build_parser().parse_args(argv)
-    images = list(args.images) or bundled_scenes()
+    # each file once, and under the name `segment` gave it (inputs with one name are renamed)
+    images = list(dict.fromkeys(Path(p) for p in args.images)) or bundled_scenes()
     code = cli_main(segment_argv(images, args))
     if code != 0:
         return code
-    rows = [load_row(path, args.out) for path in images]
+    stems, _ = unique_output_stems(images)
+    rows = [load_row(path, args.out, stem) for path, stem in zip(images, stems)]
     figure = write_summary(rows, args.out / "summary.png", class_names=_class_names(images))
     print(score_table(rows))
     print(f"\nper image: NAME_labels.png, NAME_overlay.png, NAME.npz + NAME.json in {args.out}/")
@@ -112,8 +116,9 @@ def segment_argv(images: list[Path], args: argparse.Namespace) -> list[str]:
     return argv + (["--quiet"] if args.quiet else [])
 
 
-def load_row(image_path: Path, out: Path) -> DemoRow:
-    """Reads back what ``segment`` wrote for ``image_path`` and scores it against its labels."""
+def load_row(image_path: Path, out: Path, stem: str | None = None) -> DemoRow:
+    """Reads back what ``segment`` wrote for ``image_path`` (as ``out/stem``, by default the
+    file's stem) and scores it against its labels."""
     from PIL import Image
 
     from .assembly import upsample_bilinear
@@ -121,7 +126,7 @@ def load_row(image_path: Path, out: Path) -> DemoRow:
     from .images import load_image, open_image
     from .segmentation import Segmentation
 
-    seg = Segmentation.load(out / image_path.stem)
+    seg = Segmentation.load(out / (stem or image_path.stem))
     size = seg.image_size
     image = load_image(open_image(image_path), size)
     naive = upsample_bilinear(seg.lowres_labels, size)
@@ -131,7 +136,7 @@ def load_row(image_path: Path, out: Path) -> DemoRow:
         with Image.open(label_path) as labels:
             truth = resize_labels(torch.from_numpy(np.asarray(labels).astype(np.int64)), size)
     return DemoRow(
-        name=image_path.stem, image=image, lowres=seg.lowres_labels, naive=naive,
+        name=stem or image_path.stem, image=image, lowres=seg.lowres_labels, naive=naive,
         emerdiff=seg.model_labels, truth=truth,
         naive_miou=None if truth is None else miou(naive, truth),
         emerdiff_miou=None if truth is None else miou(seg.model_labels, truth))

@@ -49,8 +49,19 @@ def test_injection_attention_variants_agree(capsys):
     assert float(row[6]) < 1e-5  # max abs difference of the two ways
 
 
+# float16 on a CPU without native half kernels is emulated: one ToyWorld UNet call took 4.4x the
+# CPU time of float32 on an AMD EPYC (bfloat16: 0.5x), which made this test alone run for many
+# minutes. Its agreement is a GPU question: measured in BENCHMARKS.md, checked here where CUDA is.
+HALF_DTYPES = [
+    pytest.param("float16", marks=pytest.mark.skipif(
+        not __import__("torch").cuda.is_available(),
+        reason="float16 is emulated on a CPU (4.4x float32's time); runs where CUDA is")),
+    "bfloat16",
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_precision_keeps_the_labels_on_the_trained_model(tmp_path, dtype):
     """ToyWorld, held-out scene 0: half precision labels as float32 does (measured 99.5%+)."""
     out = tmp_path / "agreement.json"
