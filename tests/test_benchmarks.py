@@ -65,8 +65,11 @@ HALF_DTYPES = [
 def test_half_precision_keeps_the_labels_on_the_trained_model(tmp_path, dtype):
     """ToyWorld, held-out scene 0: half precision labels as float32 does (measured 99.5%+)."""
     out = tmp_path / "agreement.json"
+    # stage 2 only: the precisions modulate the same masks, so labels are comparable pixel by
+    # pixel; the end-to-end agreement (a third more work) is in BENCHMARKS.md
     load_script("half_precision_agreement").main(["--model", "toyworld", "--dtype", dtype,
-                                                  "--n", "1", "--json", str(out)])
+                                                  "--n", "1", "--stage2-only",
+                                                  "--json", str(out)])
     record = json.loads(out.read_text())
-    assert record["scenes"] == 1
-    assert record["stage2_mean"] > 0.98 and record["end_to_end_mean"] > 0.98
+    assert record["scenes"] == 1 and record["end_to_end_mean"] is None
+    assert record["stage2_mean"] > 0.98
