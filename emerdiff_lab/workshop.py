@@ -305,6 +305,18 @@ def _is_unanswered(answer) -> bool:
     return answer is Ellipsis
 
 
+def _fraction_answer(exercise: str, answer) -> float | Check:
+    """The answer as one float, or the Check that says why there is none (not answered yet, or
+    not a number)."""
+    if _is_unanswered(answer):
+        return _unanswered(exercise)
+    try:
+        return float(answer)
+    except (TypeError, ValueError):
+        return _verdict(exercise, "wrong", f"expected one number in [0, 1], got "
+                        f"{type(answer).__name__}")
+
+
 def _as_tensor(answer, what: str):
     """``answer`` as a float tensor, or a message saying what was expected."""
     if isinstance(answer, np.ndarray):
@@ -472,13 +484,9 @@ def check_class_share(answer, diff: torch.Tensor, region: torch.Tensor) -> Check
     """3.1: the fraction of all the change that falls in ``region`` (the cell's class):
     sum of ``diff`` inside / sum everywhere, in [0, 1]."""
     exercise = "3.1"
-    if _is_unanswered(answer):
-        return _unanswered(exercise)
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return _verdict(exercise, "wrong", f"expected one number in [0, 1], got "
-                        f"{type(answer).__name__}")
+    value = _fraction_answer(exercise, answer)
+    if isinstance(value, Check):
+        return value
     total = float(diff.sum())
     expected = float(diff[region].sum()) / total
     if abs(value - expected) <= 1e-4:
@@ -612,13 +620,9 @@ def check_miou(answer, pred: torch.Tensor, truth: torch.Tensor) -> Check:
     from .evaluation.metrics import confusion_matrix, hungarian_miou, mean_iou
 
     exercise = "5.2"
-    if _is_unanswered(answer):
-        return _unanswered(exercise)
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return _verdict(exercise, "wrong", f"expected one number in [0, 1], got "
-                        f"{type(answer).__name__}")
+    value = _fraction_answer(exercise, answer)
+    if isinstance(value, Check):
+        return value
     pred_np, truth_np = np.asarray(pred), np.asarray(truth)
     result = hungarian_miou(pred_np, truth_np)
     if abs(value - result.miou) <= 1e-6:
