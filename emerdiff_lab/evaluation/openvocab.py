@@ -97,7 +97,8 @@ class DenseCLIP:
         from transformers import CLIPModel, CLIPTokenizer
 
         try:
-            model = CLIPModel.from_pretrained(name_or_path, dtype=dtype, revision=revision,
+            model = CLIPModel.from_pretrained(name_or_path, **{_dtype_keyword(): dtype},
+                                              revision=revision,
                                               local_files_only=local_files_only)
             tokenizer = CLIPTokenizer.from_pretrained(name_or_path, revision=revision,
                                                       local_files_only=local_files_only)
@@ -164,3 +165,12 @@ def run_clip_encoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torc
         masks["causal_attention_mask"] = None
     out = layer(hidden, **masks)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _dtype_keyword() -> str:
+    """transformers 4.56 renamed from_pretrained's ``torch_dtype`` to ``dtype`` (the old name
+    is deprecated after it, unknown before it): the one this transformers takes."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
