@@ -22,17 +22,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..assembly import prepare_maps, upsample_bilinear
 from ..config import EmerDiffConfig
 from ..evaluation.metrics import hungarian_miou
-from ..features import extract_features, kmeans_masks
-from ..inversion import invert
-from ..modulation import pixel_change_maps
-from .evaluation import VALIDATION_SEED_START, nearest_upsample, summarize
+from ..features import kmeans_masks
+from .evaluation import METHODS as SCENE_METHODS
+from .evaluation import VALIDATION_SEED_START, evaluate_scene, nearest_upsample, summarize
 from .latent_model import IMAGE_SIZE
 from .scenes256 import HELDOUT_SEED_START, generate_batch
 
-UNET_METHODS = ("masks", "naive", "emerdiff", "emerdiff_norm")
+UNET_METHODS = SCENE_METHODS  # k-means masks, naive, EmerDiff (plain and normalised maps)
 BASELINES = ("pixel_kmeans", "cell_colour_kmeans", "latent_kmeans")
 METHODS = UNET_METHODS + BASELINES
 TEST_SEED_START = HELDOUT_SEED_START
@@ -93,19 +91,9 @@ def baseline_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
 
 def unet_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
                 cfg: EmerDiffConfig) -> dict[str, float]:
-    """mIoU of ``UNET_METHODS`` for one scene (pixels (3, S, S) in [0, 1], labels (S, S))."""
-    size = pixels.shape[-1]
-    features = extract_features(model, pixels, cfg)
-    lowres = kmeans_masks(features, k=cfg.num_masks, seed=cfg.seed,
-                          normalization=cfg.feature_normalization)
-    inversion = invert(model, pixels, cfg, progress=False)
-    raw = pixel_change_maps(model, inversion, lowres, cfg, progress=False)
-    return {
-        "masks": _miou(nearest_upsample(lowres, size), labels),
-        "naive": _miou(upsample_bilinear(lowres, size), labels),
-        "emerdiff": _miou(prepare_maps(raw, cfg.blur_sigma, False).argmax(0), labels),
-        "emerdiff_norm": _miou(prepare_maps(raw, cfg.blur_sigma, True).argmax(0), labels),
-    }
+    """mIoU of ``UNET_METHODS`` for one scene (pixels (3, S, S) in [0, 1], labels (S, S)): the
+    64 px model's per-scene evaluation, which scores the same methods."""
+    return evaluate_scene(model, pixels, labels, cfg)
 
 
 def evaluate(model, n: int, cfg: EmerDiffConfig | None = None, *, start: int = TEST_SEED_START,
