@@ -8,17 +8,17 @@ import numpy as np
 import torch
 
 from .config import EmerDiffConfig
+from .core import EmerDiffModel
 from .images import model_pixels
 from .inversion import unet_predict
-from .layers import check_image_size, resolve_layers, validate_layer
-from .models import EmerDiffModel
+from .layers import check_image_size, validate_layer
 from .processors import AttentionControl, installed_processors
 
 
 def layer_names(model: EmerDiffModel, cfg: EmerDiffConfig, image_size: int) -> tuple[str, str]:
-    """``(feature_layer, modulation_layer)`` of ``cfg``, resolved by structure where None."""
-    feature_default, modulation_default = resolve_layers(model.unet, image_size,
-                                                         vae_scale_factor=model.vae_scale_factor)
+    """``(feature_layer, modulation_layer)`` of ``cfg``; where None, the model architecture's
+    default layers (by structure; see :func:`emerdiff_lab.resolve_layers`)."""
+    feature_default, modulation_default = model.architecture.default_layers(model, image_size)
     feature = cfg.feature_layer or feature_default
     modulation = cfg.modulation_layer or modulation_default
     validate_layer(model.unet, feature, argument="feature_layer")
@@ -55,7 +55,7 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
     noisy = model.scheduler.add_noise(x0, noise, t.to(x0.device))
     control = AttentionControl(capture_layers=frozenset({feature_layer}))
     with installed_processors(model.unet, [feature_layer], control):
-        unet_predict(model, noisy, t, model.prompt_embeds(cfg.prompt))
+        unet_predict(model, noisy, t, model.condition(cfg.prompt))
     query = control.captured[feature_layer][0].float()        # (tokens, C)
     latent_h, latent_w = x0.shape[-2:]
     stride = round((latent_h * latent_w / query.shape[0]) ** 0.5)

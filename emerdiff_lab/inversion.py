@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .architectures import Condition
 from .config import EmerDiffConfig
+from .core import EmerDiffModel
 from .images import model_pixels
 from .layers import check_image_size
-from .models import EmerDiffModel
+from .schedule import DDPMSchedule, ddpm_schedule
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Inversion:
     """A stored denoising trajectory that reproduces one image.
 
@@ -33,6 +35,11 @@ class Inversion:
         prompt_embeds: (1, tokens, width) text embeddings every UNet call is conditioned on.
         image: (3, H, W) float32 in [0, 1], the image that was inverted.
         num_inference_steps: length of the schedule the timesteps come from.
+        schedule: the full ``num_inference_steps`` schedule the trajectory was made on
+            (timesteps, alpha-bars, previous steps); stepping uses it, never the model's
+            scheduler. None (an Inversion built by hand): made from the model when stepped.
+        condition: the whole condition (``prompt_embeds`` plus architecture extras such as
+            SDXL's pooled embedding); None: ``prompt_embeds`` alone.
     """
 
     timesteps: torch.Tensor
@@ -41,6 +48,8 @@ class Inversion:
     prompt_embeds: torch.Tensor
     image: torch.Tensor
     num_inference_steps: int
+    schedule: DDPMSchedule | None = None
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         steps = len(self.timesteps)
@@ -48,6 +57,11 @@ class Inversion:
             raise ValueError(f"an Inversion of {steps} timesteps needs {steps + 1} latents and "
                              f"{steps} noise maps, got {self.latents.shape[0]} and "
                              f"{self.noise.shape[0]}")
+        # prompt_embeds is the condition's embeddings; a copy made with other embeddings
+        # (dataclasses.replace) keeps the condition's extras with the new embeddings.
+        if self.condition is None or self.condition.embeds is not self.prompt_embeds:
+            added = {} if self.condition is None else self.condition.added
+            object.__setattr__(self, "condition", Condition(self.prompt_embeds, added))
 
     def index_of(self, timestep: int) -> int:
         """Position of ``timestep`` in ``timesteps``; ValueError if it is not stored."""
@@ -60,8 +74,7 @@ class Inversion:
 
 def schedule(model: EmerDiffModel, num_inference_steps: int) -> torch.Tensor:
     """The descending timesteps (num_inference_steps,) int64 of the model's DDPM schedule."""
-    model.scheduler.set_timesteps(num_inference_steps)
-    return model.scheduler.timesteps.clone().long().cpu()
+    return ddpm_schedule(model.scheduler, num_inference_steps).timesteps.clone()
 
 
 def check_timestep(model: EmerDiffModel, timestep: int, num_inference_steps: int,
@@ -73,45 +86,48 @@ def check_timestep(model: EmerDiffModel, timestep: int, num_inference_steps: int
                          f"schedule; choose one of {timesteps}")
 
 
-def posterior_std(model: EmerDiffModel, timestep: int, num_inference_steps: int) -> float:
+def _as_schedule(model: EmerDiffModel, steps: int | DDPMSchedule) -> DDPMSchedule:
+    return steps if isinstance(steps, DDPMSchedule) else ddpm_schedule(model.scheduler, steps)
+
+
+def posterior_std(model: EmerDiffModel, timestep: int,
+                  num_inference_steps: int | DDPMSchedule) -> float:
     """sigma_t of the DDPM step from ``timestep`` to the previous one on the schedule (eta = 1).
 
     The step before t = 1 uses the scheduler's final alpha-bar (alpha-bar at t = 0 for SD, since
-    ``set_alpha_to_one=False``), so this is about 0.02, never 0.
+    ``set_alpha_to_one=False``), so this is about 0.02, never 0. ``num_inference_steps``: the
+    schedule's length, or the :class:`DDPMSchedule` itself (an ``Inversion``'s ``schedule``).
     """
-    scheduler = model.scheduler
-    previous = timestep - scheduler.config.num_train_timesteps // num_inference_steps
-    alpha_bar = scheduler.alphas_cumprod[timestep].double()
-    alpha_bar_prev = (scheduler.alphas_cumprod[previous] if previous >= 0
-                      else scheduler.final_alpha_cumprod).double()
-    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
-    return float(variance.sqrt())
+    return _as_schedule(model, num_inference_steps).posterior_std(timestep)
 
 
 def ddpm_step(model: EmerDiffModel, model_output: torch.Tensor, timestep: int,
-              latents: torch.Tensor, noise: torch.Tensor, num_inference_steps: int
-              ) -> torch.Tensor:
+              latents: torch.Tensor, noise: torch.Tensor,
+              num_inference_steps: int | DDPMSchedule) -> torch.Tensor:
     """One DDPM step x_t -> x_{t-1} = mu_t(x_t) + sigma_t * noise, float32, batched over dim 0.
 
     ``model_output`` is the UNet's prediction (epsilon or v, by the scheduler's
-    ``prediction_type``); the diffusers DDIM scheduler with eta = 1 forms the DDPM posterior.
-    The previous timestep depends on the schedule's length, which the scheduler holds as state:
-    it is set here from ``num_inference_steps``, so that a trajectory made on one schedule is
-    never stepped on another one set by a later call.
+    ``prediction_type``); the step is the DDIM scheduler's with eta = 1 (the DDPM posterior).
+    ``num_inference_steps`` is the schedule's length or the :class:`DDPMSchedule` itself (an
+    ``Inversion``'s ``schedule``); the step reads only that value, never the scheduler's mutable
+    state, so a trajectory made on one schedule is never stepped on another.
     """
-    if model.scheduler.num_inference_steps != num_inference_steps:
-        model.scheduler.set_timesteps(num_inference_steps)
-    return model.scheduler.step(model_output.float(), int(timestep), latents.float(), eta=1.0,
-                                variance_noise=noise.float()).prev_sample
+    return _as_schedule(model, num_inference_steps).step(model_output, int(timestep), latents,
+                                                        noise)
 
 
 @torch.no_grad()
 def unet_predict(model: EmerDiffModel, latents: torch.Tensor, timesteps: torch.Tensor,
-                 prompt_embeds: torch.Tensor) -> torch.Tensor:
-    """UNet output (B, C, h, w) float32 for latents (B, C, h, w) at per-element timesteps (B,)."""
-    embeds = prompt_embeds.expand(latents.shape[0], -1, -1)
-    out = model.unet(latents.to(model.device, model.dtype), timesteps.to(model.device),
-                     encoder_hidden_states=embeds).sample
+                 prompt_embeds: torch.Tensor | Condition) -> torch.Tensor:
+    """UNet output (B, C, h, w) float32 for latents (B, C, h, w) at per-element timesteps (B,).
+
+    ``prompt_embeds``: the (1, tokens, width) embeddings ``model.prompt_embeds`` returned, or a
+    whole ``model.condition(prompt)``; the model's architecture adds the extra inputs its UNet
+    takes (SDXL: pooled embedding and size ids), expanded to the batch.
+    """
+    latents = latents.to(model.device, model.dtype)
+    inputs = model.architecture.unet_inputs(model, prompt_embeds, latents)
+    out = model.unet(latents, timesteps.to(model.device), **inputs).sample
     return out.float()
 
 
@@ -141,7 +157,8 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     cfg = cfg or model.default_config
     pixels = model_pixels(image, image_size, model.native_image_size)
     check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor)
-    timesteps = schedule(model, cfg.num_inference_steps)
+    full_schedule = ddpm_schedule(model.scheduler, cfg.num_inference_steps)
+    timesteps = full_schedule.timesteps.clone()
     check_timestep(model, cfg.modulation_timestep, cfg.num_inference_steps, "modulation_timestep")
     x0 = model.encode(pixels[None])[0] if latent is None else latent.to(model.device).float()
 
@@ -153,25 +170,31 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         slice(int((timesteps == cfg.modulation_timestep).nonzero()[0, 0]), None)
     timesteps, eps = timesteps[keep], eps[keep]
 
-    alpha_bar = model.scheduler.alphas_cumprod[timesteps].to(x0.device).view(-1, 1, 1, 1)
+    alpha_bar = full_schedule.alpha_bars[keep].to(x0.device).view(-1, 1, 1, 1)
     noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps        # (S, C, h, w)
     latents = torch.cat([noisy, x0[None]])                               # (S + 1, C, h, w)
 
-    prompt_embeds = model.prompt_embeds(cfg.prompt)
+    condition = model.condition(cfg.prompt)
     step = batch_size or cfg.batch_size or len(timesteps)
     predictions = torch.cat([
-        unet_predict(model, noisy[i:i + step], timesteps[i:i + step], prompt_embeds)
+        unet_predict(model, noisy[i:i + step], timesteps[i:i + step], condition)
         for i in tqdm(range(0, len(timesteps), step), desc="inversion", disable=not progress,
                       leave=False)])
 
     noise = torch.empty_like(noisy)
     for i, t in enumerate(timesteps.tolist()):
-        mean = ddpm_step(model, predictions[i:i + 1], t, noisy[i:i + 1],
-                         torch.zeros_like(noisy[i:i + 1]), cfg.num_inference_steps)[0]
-        noise[i] = (latents[i + 1] - mean) / posterior_std(model, t, cfg.num_inference_steps)
+        mean = full_schedule.step(predictions[i:i + 1], t, noisy[i:i + 1],
+                                  torch.zeros_like(noisy[i:i + 1]))[0]
+        noise[i] = (latents[i + 1] - mean) / full_schedule.posterior_std(t)
     return Inversion(timesteps=timesteps, latents=latents, noise=noise,
-                     prompt_embeds=prompt_embeds, image=pixels.cpu(),
-                     num_inference_steps=cfg.num_inference_steps)
+                     prompt_embeds=condition.embeds, image=pixels.cpu(),
+                     num_inference_steps=cfg.num_inference_steps, schedule=full_schedule,
+                     condition=condition)
+
+
+def inversion_schedule(model: EmerDiffModel, inversion: Inversion) -> DDPMSchedule:
+    """The schedule ``inversion`` was made on (made from the model for a hand-built one)."""
+    return inversion.schedule or ddpm_schedule(model.scheduler, inversion.num_inference_steps)
 
 
 @torch.no_grad()
@@ -184,8 +207,8 @@ def reconstruct(model: EmerDiffModel, inversion: Inversion, start_timestep: int 
     visited = [current[0]]
     for i in range(start, len(inversion.timesteps)):
         t = int(inversion.timesteps[i])
-        prediction = unet_predict(model, current, torch.tensor([t]), inversion.prompt_embeds)
+        prediction = unet_predict(model, current, torch.tensor([t]), inversion.condition)
         current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1],
-                            inversion.num_inference_steps)
+                            inversion_schedule(model, inversion))
         visited.append(current[0])
     return torch.stack(visited)

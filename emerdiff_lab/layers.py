@@ -1,7 +1,9 @@
 """The one place that names UNet layers: which attention layers EmerDiff reads and modulates.
 
 Layers are found by structure, not by hard-coded indices: the block is the first (lowest
-resolution) up block with cross-attention, which is the 16x16 block of SD 1.x/2.x at 512 px.
+resolution) up block with cross-attention, which is the 16x16 block of SD 1.x/2.x at 512 px and
+the 32x32 block of SDXL at 1024 px. Within it, layers are grouped by attention module
+(``attentions.i``: one transformer block each in SD, ten in SDXL's lowest-resolution block).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ class SemanticBlock:
         block_name: e.g. ``"up_blocks.1"``.
         cross_attention_layers: module paths of its cross-attention layers, in order.
         downsample: latent cells per feature cell along one side (4 for SD: 64 -> 16).
+        attention_modules: the same layers grouped by attention module, in order
+            (``((attentions.0 layers), (attentions.1 layers), ...)``).
     """
 
     block_name: str
     cross_attention_layers: tuple[str, ...]
     downsample: int
+    attention_modules: tuple[tuple[str, ...], ...] = ()
 
     def feature_size(self, image_size: int, vae_scale_factor: int) -> int:
         """Side of the block's feature map for a square image of ``image_size`` pixels."""
@@ -46,7 +51,8 @@ def find_semantic_block(unet: torch.nn.Module) -> SemanticBlock:
     for index, block in enumerate(up_blocks):
         names = _cross_attention_paths(block, f"up_blocks.{index}")
         if names:
-            return SemanticBlock(f"up_blocks.{index}", tuple(names), total_downsample // upsampled)
+            return SemanticBlock(f"up_blocks.{index}", tuple(names), total_downsample // upsampled,
+                                 _group_by_module(names, f"up_blocks.{index}"))
         if getattr(block, "upsamplers", None) is not None:
             upsampled *= 2
     raise ValueError(
@@ -64,6 +70,16 @@ def _cross_attention_paths(block: torch.nn.Module, prefix: str) -> list[str]:
     return paths
 
 
+def _group_by_module(paths: list[str], prefix: str) -> tuple[tuple[str, ...], ...]:
+    """Groups layer paths by their first two parts after ``prefix`` (``attentions.i``), keeping
+    the order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        module = ".".join(path[len(prefix) + 1:].split(".")[:2])
+        groups.setdefault(module, []).append(path)
+    return tuple(tuple(group) for group in groups.values())
+
+
 def resolve_layers(unet: torch.nn.Module, image_size: int = 512, *,
                    vae_scale_factor: int = 8) -> tuple[str, str]:
     """The feature layer and the modulation layer of a UNet, by structure.
@@ -74,18 +90,21 @@ def resolve_layers(unet: torch.nn.Module, image_size: int = 512, *,
         vae_scale_factor: pixels per latent cell (8 for SD's VAE, 1 in pixel space).
 
     Returns:
-        ``(feature_layer, modulation_layer)``: the first and the third (or last, if fewer)
-        cross-attention layer of the lowest-resolution up block with cross-attention, e.g.
-        ``("up_blocks.1.attentions.0.transformer_blocks.0.attn2",
-        "up_blocks.1.attentions.2.transformer_blocks.0.attn2")`` for SD 1.x/2.x.
+        ``(feature_layer, modulation_layer)``: the first cross-attention layer of the first and
+        of the third (or last, if fewer) attention module of the lowest-resolution up block with
+        cross-attention, e.g. ``("up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.1.attentions.2.transformer_blocks.0.attn2")`` for SD 1.x/2.x (the paper's
+        layers) and ``("up_blocks.0.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.0.attentions.2.transformer_blocks.0.attn2")`` for SDXL (our choice: the same
+        modules, each holding ten transformer blocks there; docs/architectures.md).
 
     Raises:
         ValueError: no such block, or ``image_size`` does not divide into whole feature cells.
     """
     block = find_semantic_block(unet)
     check_image_size(unet, image_size, vae_scale_factor)
-    layers = block.cross_attention_layers
-    return layers[0], layers[min(2, len(layers) - 1)]
+    modules = block.attention_modules
+    return modules[0][0], modules[min(2, len(modules) - 1)][0]
 
 
 def check_image_size(unet: torch.nn.Module, image_size: int, vae_scale_factor: int) -> None:

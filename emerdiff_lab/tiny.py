@@ -9,11 +9,18 @@ semantics, and everything it produces must be labelled as random-weight output.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import tempfile
 from pathlib import Path
 
 import torch
+
+from .config import EmerDiffConfig
+from .core import EmerDiffModel, ddpm_scheduler_from_config, moved, register_model
+
+MODEL_ID = "tiny"
 
 # SD 1.x's noise schedule (scaled_linear betas 0.00085 -> 0.012, steps_offset 1), so that the tiny
 # model walks the same 981, 961, ..., 1 timesteps as the real one.
@@ -122,3 +129,26 @@ def _byte_level_clip_tokenizer():
             "pad_token": "<|endoftext|>",
         }))
         return CLIPTokenizer.from_pretrained(folder)
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_components_cpu(seed: int) -> dict:
+    """:func:`build_tiny_components`, built once per seed (callers copy what they move)."""
+    return build_tiny_components(seed)
+
+
+def load_tiny(device: torch.device, dtype: torch.dtype, seed: int = 0) -> EmerDiffModel:
+    """The tiny model as an :class:`EmerDiffModel` (``load_model("tiny")``)."""
+    parts = tiny_components_cpu(seed)
+    # Copies, so that moving one loaded tiny model to a device or dtype never moves another.
+    unet, vae, text_encoder = (moved(copy.deepcopy(parts[n]), device, dtype)
+                               for n in ("unet", "vae", "text_encoder"))
+    return EmerDiffModel(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=parts["tokenizer"],
+        scheduler=ddpm_scheduler_from_config(parts["scheduler_config"]), device=device,
+        dtype=dtype, default_config=EmerDiffConfig(num_masks=8), model_id=MODEL_ID,
+        random_weights=True,
+    )
+
+
+register_model(MODEL_ID, load_tiny)

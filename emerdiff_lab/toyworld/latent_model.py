@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from ..config import EmerDiffConfig
+from ..core import (EmerDiffModel, ddpm_scheduler_from_config, moved, register_model,
+                    resolve_device, resolve_dtype)
 from ..tiny import SD_SCHEDULER_CONFIG
 from .model import NullTextEncoder, build_text_encoder, null_embedding, null_ids
 
@@ -169,14 +171,6 @@ def load_toyworld_latent(device="cpu", dtype=torch.float32, *,
     """
     import copy
 
-    from ..models import (
-        EmerDiffModel,
-        _moved,
-        ddpm_scheduler_from_config,
-        resolve_device,
-        resolve_dtype,
-    )
-
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     parts = _components_cpu(str(weights or WEIGHTS_PATH))
     # Copies, so that moving one loaded model to a device or dtype never moves another.
@@ -184,9 +178,14 @@ def load_toyworld_latent(device="cpu", dtype=torch.float32, *,
     if random_weights:
         unet = build_unet(seed).eval().requires_grad_(False)
     return EmerDiffModel(
-        unet=_moved(unet, device, dtype), vae=_moved(vae, device, dtype),
-        text_encoder=_moved(text_encoder, device, dtype), tokenizer=parts[3],
+        unet=moved(unet, device, dtype), vae=moved(vae, device, dtype),
+        text_encoder=moved(text_encoder, device, dtype), tokenizer=parts[3],
         scheduler=ddpm_scheduler_from_config(SCHEDULER_CONFIG), device=device, dtype=dtype,
         default_config=default_config(),
         model_id=MODEL_ID if not random_weights else f"{MODEL_ID}-random{seed}",
         random_weights=random_weights)
+
+
+# 128 px, factor-4 VAE + latent UNet (MODEL_CARD.md, issue 12)
+register_model(MODEL_ID, lambda device, dtype, seed: load_toyworld_latent(device=device,
+                                                                         dtype=dtype))

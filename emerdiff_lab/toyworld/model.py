@@ -19,9 +19,12 @@ from pathlib import Path
 import torch
 
 from ..config import EmerDiffConfig
+from ..core import (EmerDiffModel, ddpm_scheduler_from_config, moved, register_model,
+                    resolve_device, resolve_dtype)
 from ..tiny import SD_SCHEDULER_CONFIG
 
 IMAGE_SIZE = 64
+TOYWORLD_MODEL_ID = "toyworld"
 TEXT_WIDTH = 32
 WEIGHTS_PATH = Path(__file__).resolve().parents[1] / "weights" / "toyworld.safetensors"
 
@@ -169,15 +172,6 @@ def load_toyworld(device="cpu", dtype=torch.float32, *, weights: str | Path | No
     """
     import copy
 
-    from ..models import (
-        TOYWORLD_MODEL_ID,
-        EmerDiffModel,
-        _moved,
-        ddpm_scheduler_from_config,
-        resolve_device,
-        resolve_dtype,
-    )
-
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     unet, text_encoder, tokenizer = _components_cpu(str(weights or WEIGHTS_PATH))
     # Copies, so that moving one loaded model to a device or dtype never moves another.
@@ -185,9 +179,14 @@ def load_toyworld(device="cpu", dtype=torch.float32, *, weights: str | Path | No
     if random_weights:
         unet = build_unet(seed).eval().requires_grad_(False)
     return EmerDiffModel(
-        unet=_moved(unet, device, dtype), vae=None,
-        text_encoder=_moved(text_encoder, device, dtype), tokenizer=tokenizer,
+        unet=moved(unet, device, dtype), vae=None,
+        text_encoder=moved(text_encoder, device, dtype), tokenizer=tokenizer,
         scheduler=ddpm_scheduler_from_config(SCHEDULER_CONFIG), device=device, dtype=dtype,
         default_config=default_config(),
         model_id=TOYWORLD_MODEL_ID if not random_weights else f"{TOYWORLD_MODEL_ID}-random{seed}",
         random_weights=random_weights)
+
+
+register_model(TOYWORLD_MODEL_ID,
+               lambda device, dtype, seed: load_toyworld(device=device, dtype=dtype),
+               aliases=("toyworld-64",))  # "toyworld-64": the same 64 px model
