@@ -17,7 +17,8 @@ from .images import PreparedImage, load_image, prepare_image, sample_images
 from .inversion import Inversion, invert, reconstruct
 from .layers import resolve_layers
 from .models import EmerDiffModel, from_pipeline, load_model
-from .modulation import Perturbation, perturb, pixel_change_maps
+from .modulation import (Perturbation, ReferencePass, perturb, pixel_change_maps,
+                         record_reference)
 from .segmentation import Segmentation, segment
 from .toyworld import sample
 
@@ -28,5 +29,6 @@ __all__ = [
     "Segmentation", "assemble", "compile_model", "extract_features", "from_pipeline",
     "gaussian_blur", "invert", "kmeans_masks", "load_image", "load_model", "mask_embeddings",
     "perturb", "pixel_change_maps", "prepare_image", "prepare_maps", "reconstruct",
-    "resolve_layers", "sample", "sample_images", "segment", "upsample_bilinear",
+    "record_reference", "ReferencePass", "resolve_layers", "sample", "sample_images", "segment",
+    "upsample_bilinear",
 ]

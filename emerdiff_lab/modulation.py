@@ -10,11 +10,15 @@ Two paths compute the same thing:
   unmodulated reference (element 0), whose attention probabilities the others reuse;
 - reference: one region and one sign at a time, the reference pass run separately and its
   probabilities recorded and replayed. Plain and slow; kept to check the batched path.
+
+Where many single regions are perturbed at one t_m (the explorer), :func:`record_reference`
+records the unmodulated pass once and :func:`perturb` replays it, so each new region costs two
+batch elements per UNet call instead of three.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -58,23 +62,115 @@ def region_grid_size(model: EmerDiffModel, inversion: Inversion,
     return latent_h // stride, latent_w // stride
 
 
+@dataclass(frozen=True, eq=False)
+class ReferencePass:
+    """The unmodulated denoising from t_m, recorded once for every perturbation at that t_m.
+
+    Attributes:
+        inversion: the :class:`Inversion` it was recorded on; it is valid for that one only.
+        timestep: t_m, the step the denoising starts at.
+        injection: whether attention probabilities were recorded (``cfg.attention_injection``).
+        probabilities: one dict per denoising step, {attention layer: (heads, queries, keys)
+            probabilities of the reference}; empty dicts when ``injection`` is False.
+        latent: (C, h, w) float32, the reference's final latent (the reconstruction).
+    """
+
+    inversion: Inversion
+    timestep: int
+    injection: bool
+    probabilities: list = field(repr=False)
+    latent: torch.Tensor = field(repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the recorded probabilities hold, in bytes."""
+        return sum(p.numel() * p.element_size()
+                   for step in self.probabilities for p in step.values())
+
+
+@torch.no_grad()
+def record_reference(model: EmerDiffModel, inversion: Inversion,
+                     cfg: EmerDiffConfig | None = None, *,
+                     max_bytes: int | None = None) -> ReferencePass | None:
+    """Runs the unmodulated denoising from ``cfg.modulation_timestep`` once and records what
+    every perturbation at that t_m reuses: with attention injection, every attention layer's
+    probabilities at every step; always, the final latent.
+
+    The probabilities of every layer and step are held in memory (see
+    :func:`reference_pass_nbytes`): about 0.1 GB for ToyWorld, but 0.5 GB per 4096-token layer
+    and step for SD at 512 px. When that exceeds ``max_bytes`` nothing is run and None is
+    returned (use :func:`perturb` without a reference then).
+    """
+    cfg = cfg or model.default_config
+    if max_bytes is not None and reference_pass_nbytes(model, inversion, cfg) > max_bytes:
+        return None
+    start = inversion.index_of(cfg.modulation_timestep)
+    injection = bool(cfg.attention_injection)
+    control = AttentionControl(injection=INJECT_RECORD if injection else INJECT_NONE)
+    current, probabilities = inversion.latents[start:start + 1], []
+    with installed_processors(model.unet, None if injection else [], control):
+        for i in range(start, len(inversion.timesteps)):
+            t = int(inversion.timesteps[i])
+            prediction = unet_predict(model, current, torch.tensor([t]), inversion.prompt_embeds)
+            current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1],
+                                inversion.num_inference_steps)
+            probabilities.append(control.recorded)
+            control.recorded = {}
+    return ReferencePass(inversion=inversion, timestep=int(cfg.modulation_timestep),
+                         injection=injection, probabilities=probabilities, latent=current[0])
+
+
+def reference_pass_nbytes(model: EmerDiffModel, inversion: Inversion,
+                          cfg: EmerDiffConfig | None = None) -> int:
+    """Bytes the probabilities of a :func:`record_reference` pass would hold, from the layers'
+    token counts (nothing is run): sum over attention layers and steps of heads x queries x keys
+    in the model's dtype; 0 without attention injection."""
+    cfg = cfg or model.default_config
+    if not cfg.attention_injection:
+        return 0
+    steps = len(inversion.timesteps) - inversion.index_of(cfg.modulation_timestep)
+    latent_h, latent_w = inversion.latents.shape[-2:]
+    prompt_tokens = inversion.prompt_embeds.shape[1]
+    values = 0
+    for key in model.unet.attn_processors:
+        name = key.removesuffix(".processor")
+        attn = model.unet.get_submodule(name)
+        stride = layer_downsample(model.unet, name)
+        queries = (latent_h // stride) * (latent_w // stride)
+        keys = prompt_tokens if attn.is_cross_attention else queries
+        values += attn.heads * queries * keys
+    return values * steps * (torch.finfo(model.dtype).bits // 8)
+
+
 @torch.no_grad()
 def perturb(model: EmerDiffModel, inversion: Inversion, region, cfg: EmerDiffConfig | None = None,
-            *, path: str = "batched") -> Perturbation:
+            *, path: str = "batched", reference: ReferencePass | None = None) -> Perturbation:
     """Modulates one region with +lambda and -lambda and decodes both results.
 
     Args:
         region: (h, w) bool (or 0/1) tensor on the modulation layer's grid (16x16 for SD at 512).
         path: "batched" (both signs and the reference in one call) or "reference" (plain).
+        reference: a :func:`record_reference` pass of this inversion at ``cfg``'s t_m and
+            injection; when given, the two signs replay it (two batch elements per UNet call
+            instead of three) and ``path`` is not used.
     """
     cfg = cfg or model.default_config
     regions = _check_regions(model, inversion, cfg, torch.as_tensor(region)[None])
     signs = torch.tensor([1.0, -1.0])
-    latents, reference = _modulated_latents(model, inversion, regions.repeat(2, 1, 1), signs, cfg,
-                                            path=path, progress=False, need_reference=True)
-    plus, minus, reference = model.decode(torch.cat([latents, reference[None]])).cpu()
+    if reference is not None:
+        _check_reference(reference, inversion, cfg)
+        _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
+        latents = _denoise_replayed(model, inversion, _offsets(model, regions.repeat(2, 1, 1),
+                                                               signs, cfg),
+                                    modulation_layer, cfg, reference)
+        reference_latent = reference.latent
+    else:
+        latents, reference_latent = _modulated_latents(model, inversion, regions.repeat(2, 1, 1),
+                                                       signs, cfg, path=path, progress=False,
+                                                       need_reference=True)
+    plus, minus, image = model.decode(torch.cat([latents, reference_latent[None]])).cpu()
     return Perturbation(plus=plus, minus=minus, diff=rgb_distance(plus, minus),
-                        reference=reference, region=regions[0].cpu())
+                        reference=image, region=regions[0].cpu())
 
 
 @torch.no_grad()
@@ -144,9 +240,7 @@ def _modulated_latents(model, inversion, regions, signs, cfg, *, path, progress,
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
     start = inversion.index_of(cfg.modulation_timestep)
-    # c * M per element, flattened row-major like the layer's tokens: (N, tokens, 1).
-    offsets = (signs.view(-1, 1, 1) * cfg.modulation_strength * regions.float().cpu())
-    offsets = offsets.reshape(len(signs), -1, 1).to(model.device)
+    offsets = _offsets(model, regions, signs, cfg)
     if path == "reference":
         results = [_denoise_plain(model, inversion, offsets[i:i + 1], modulation_layer, start, cfg)
                    for i in tqdm(range(len(offsets)), desc="modulated denoising (reference)",
@@ -154,6 +248,24 @@ def _modulated_latents(model, inversion, regions, signs, cfg, *, path, progress,
         reference = _reconstruction_latent(model, inversion, start) if need_reference else None
         return torch.cat(results), reference
     return _denoise_in_chunks(model, inversion, offsets, modulation_layer, start, cfg, progress)
+
+
+def _offsets(model, regions, signs, cfg):
+    """c * M per element, flattened row-major like the layer's tokens: (N, tokens, 1)."""
+    offsets = signs.view(-1, 1, 1) * cfg.modulation_strength * regions.float().cpu()
+    return offsets.reshape(len(signs), -1, 1).to(model.device)
+
+
+def _check_reference(reference: ReferencePass, inversion: Inversion, cfg: EmerDiffConfig):
+    if reference.inversion is not inversion:
+        raise ValueError("this ReferencePass was recorded on another Inversion; record one with "
+                         "record_reference(model, inversion, cfg) for this inversion")
+    if (reference.timestep, reference.injection) != (int(cfg.modulation_timestep),
+                                                     bool(cfg.attention_injection)):
+        raise ValueError(f"the ReferencePass was recorded at t_m={reference.timestep}, "
+                         f"attention_injection={reference.injection}, but the config asks for "
+                         f"t_m={cfg.modulation_timestep}, "
+                         f"attention_injection={cfg.attention_injection}")
 
 
 def _denoise_in_chunks(model, inversion, offsets, modulation_layer, start, cfg, progress):
@@ -191,6 +303,28 @@ def _denoise_batched(model, inversion, offsets, modulation_layer, start, cfg):
     with installed_processors(model.unet, layers, control):
         for i in range(start, len(inversion.timesteps)):
             t = int(inversion.timesteps[i])
+            control.offsets = {modulation_layer: offsets} if i == start else {}
+            prediction = unet_predict(model, current, torch.full((batch,), t),
+                                      inversion.prompt_embeds)
+            current = ddpm_step(model, prediction, t, current,
+                                inversion.noise[i:i + 1].expand(batch, -1, -1, -1),
+                                inversion.num_inference_steps)
+    return current
+
+
+def _denoise_replayed(model, inversion, offsets, modulation_layer, cfg, reference):
+    """Denoises len(offsets) modulated copies, replaying the recorded reference pass:
+    (n, C, h, w)."""
+    batch = offsets.shape[0]
+    start = inversion.index_of(reference.timestep)
+    control = AttentionControl(offset_placement=cfg.offset_placement,
+                               injection=INJECT_REPLAY if reference.injection else INJECT_NONE)
+    layers = None if reference.injection else [modulation_layer]
+    current = inversion.latents[start:start + 1].expand(batch, -1, -1, -1)
+    with installed_processors(model.unet, layers, control):
+        for step, i in enumerate(range(start, len(inversion.timesteps))):
+            t = int(inversion.timesteps[i])
+            control.recorded = reference.probabilities[step]
             control.offsets = {modulation_layer: offsets} if i == start else {}
             prediction = unet_predict(model, current, torch.full((batch,), t),
                                       inversion.prompt_embeds)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 INJECT_NONE = "none"
 INJECT_FROM_FIRST = "from_first"  # batched path: element 0 is the unmodulated reference
-INJECT_RECORD = "record"          # plain path, reference pass: store the probabilities
-INJECT_REPLAY = "replay"          # plain path, modulated pass: reuse the stored probabilities
+INJECT_RECORD = "record"          # reference pass: store the probabilities
+INJECT_REPLAY = "replay"          # modulated passes reuse the stored probabilities
 INJECTION_MODES = (INJECT_NONE, INJECT_FROM_FIRST, INJECT_RECORD, INJECT_REPLAY)
 
 
@@ -33,7 +33,7 @@ class AttentionControl:
         offset_placement: "after_projection" (after ``to_out``) or "before_projection".
         injection: one of ``INJECTION_MODES``.
         recorded: per layer, attention probabilities (heads, queries, keys) of the reference pass
-            (``INJECT_RECORD`` fills it, ``INJECT_REPLAY`` reads it).
+            (``INJECT_RECORD`` fills it, ``INJECT_REPLAY`` applies it to every element).
     """
 
     capture_layers: frozenset = frozenset()
@@ -75,17 +75,24 @@ class EmerDiffAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         # With injection from element 0 only element 0's queries and keys are ever used, so the
-        # others' are not computed. In cross-attention the values come from the prompt, which
-        # every element of the batched path shares: all outputs equal element 0's, computed once.
-        first_only = (control.injection == INJECT_FROM_FIRST
-                      and self.name not in control.capture_layers)
-        shared_output = first_only and encoder_hidden_states is not None
-        query = attn.to_q(hidden_states[:1] if first_only else hidden_states)
-        if self.name in control.capture_layers:
-            control.captured[self.name] = query.detach()
+        # others' are not computed; replayed probabilities need no queries or keys at all. In
+        # cross-attention the values come from the prompt, which every element of a batch
+        # shares: with one set of probabilities all outputs are equal, computed once.
+        captured = self.name in control.capture_layers
+        replay = control.injection == INJECT_REPLAY
+        first_only = control.injection == INJECT_FROM_FIRST and not captured
+        shared_output = (first_only or replay) and encoder_hidden_states is not None
+        query = key = None
+        if captured or not replay:
+            query = attn.to_q(hidden_states[:1] if first_only else hidden_states)
+            if captured:
+                control.captured[self.name] = query.detach()
+            query = _qk_norm(attn.norm_q, query, attn.heads)
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        key = attn.to_k(context[:1] if first_only else context)
+        if not replay:
+            key = _qk_norm(attn.norm_k, attn.to_k(context[:1] if first_only else context),
+                           attn.heads)
         value = attn.to_v(context[:1] if shared_output else context)
 
         out = self._attend(attn, query, key, value, attention_mask)  # (B or 1, queries, inner)
@@ -115,9 +122,21 @@ class EmerDiffAttnProcessor:
             probs = attn.get_attention_scores(attn.head_to_batch_dim(query),
                                               attn.head_to_batch_dim(key), attention_mask)
             self.control.recorded[self.name] = probs
-        else:  # INJECT_REPLAY
-            probs = self.control.recorded[self.name]
+        else:  # INJECT_REPLAY: one recorded P for every element of the batch
+            return _apply_probs_to_every_element(attn, self.control.recorded[self.name], value)
         return attn.batch_to_head_dim(torch.bmm(probs, attn.head_to_batch_dim(value)))
+
+
+def _qk_norm(norm, x, heads):
+    """diffusers' query/key normalisation (``attn.norm_q``/``norm_k``, e.g. PixArt-Sigma's or
+    SD3's) on x (B, tokens, inner): per head, as ``AttnProcessor2_0`` applies it, unless the norm
+    spans all heads at once (diffusers' ``*_across_heads`` variants)."""
+    if norm is None:
+        return x
+    width = getattr(norm, "normalized_shape", None) or getattr(norm, "dim", None)
+    if width is not None and int(torch.Size(width).numel()) == x.shape[-1] and heads > 1:
+        return norm(x)
+    return norm(x.unflatten(-1, (heads, -1))).flatten(-2)
 
 
 def _sdpa(attn, query, key, value, attention_mask):

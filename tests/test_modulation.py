@@ -134,3 +134,50 @@ def test_bad_regions_are_refused(tiny_model, fast_cfg, inversion, region, messag
 def test_unknown_path_is_refused(tiny_model, fast_cfg, inversion, lowres):
     with pytest.raises(ValueError, match="path must be one of"):
         edl.pixel_change_maps(tiny_model, inversion, lowres, fast_cfg, path="fast")
+
+
+@pytest.mark.parametrize("changes", [{}, {"attention_injection": False},
+                                     {"offset_placement": "before_projection"}])
+def test_replayed_reference_pass_equals_batched_path(tiny_model, fast_cfg, inversion, lowres,
+                                                     changes):
+    """A recorded unmodulated pass, replayed (two batch elements per call), gives the batched
+    path's images: the explorer's fast path computes the same thing."""
+    cfg = fast_cfg.replace(**changes)
+    reference = edl.record_reference(tiny_model, inversion, cfg)
+    for mask in range(2):
+        batched = edl.perturb(tiny_model, inversion, lowres == mask, cfg)
+        replayed = edl.perturb(tiny_model, inversion, lowres == mask, cfg, reference=reference)
+        assert batched.diff.max() > 1e-3
+        for name in ("plus", "minus", "diff", "reference"):
+            assert_decoded_close(getattr(replayed, name), getattr(batched, name),
+                                 what=f"replayed and batched {name}")
+
+
+def test_replaying_another_images_pass_is_caught(tiny_model, fast_cfg, inversion, lowres):
+    """The replay really uses the recorded probabilities: those of another image change the
+    result far beyond the bound, and a pass of another inversion or setting is refused."""
+    other = edl.invert(tiny_model, torch.rand(3, 128, 128, generator=torch.Generator()
+                                              .manual_seed(6)), fast_cfg, progress=False)
+    foreign = edl.record_reference(tiny_model, other, fast_cfg)
+    with pytest.raises(ValueError, match="another Inversion"):
+        edl.perturb(tiny_model, inversion, lowres == 0, fast_cfg, reference=foreign)
+    with pytest.raises(ValueError, match="t_m=301"):
+        edl.perturb(tiny_model, inversion, lowres == 0, fast_cfg.replace(attention_injection=False),
+                    reference=edl.record_reference(tiny_model, inversion, fast_cfg))
+    own = edl.record_reference(tiny_model, inversion, fast_cfg)
+    swapped = edl.ReferencePass(inversion=inversion, timestep=own.timestep, injection=True,
+                                probabilities=foreign.probabilities, latent=own.latent)
+    right = edl.perturb(tiny_model, inversion, lowres == 0, fast_cfg, reference=own)
+    wrong = edl.perturb(tiny_model, inversion, lowres == 0, fast_cfg, reference=swapped)
+    assert (right.diff - wrong.diff).abs().max() > 10 * DECODED_ATOL
+
+
+def test_reference_pass_memory_is_known_before_running(tiny_model, fast_cfg, inversion):
+    from emerdiff_lab.modulation import reference_pass_nbytes
+
+    expected = reference_pass_nbytes(tiny_model, inversion, fast_cfg)
+    assert edl.record_reference(tiny_model, inversion, fast_cfg).nbytes == expected > 0
+    assert edl.record_reference(tiny_model, inversion, fast_cfg, max_bytes=expected - 1) is None
+    no_injection = fast_cfg.replace(attention_injection=False)
+    assert reference_pass_nbytes(tiny_model, inversion, no_injection) == 0
+    assert edl.record_reference(tiny_model, inversion, no_injection, max_bytes=0).nbytes == 0
