@@ -34,7 +34,7 @@ export HF_HUB_OFFLINE ?= 1
 # The engine's invariant tests, which .ci/run repeats with one thread and with torch's portable
 # CPU kernels (ATEN_CPU_CAPABILITY=default) to catch results that hold on one CPU only.
 ENGINE_TESTS = tests/test_inversion.py tests/test_modulation.py tests/test_segment.py \
-	tests/test_layers.py tests/test_tolerances.py
+	tests/test_layers.py tests/test_processors.py tests/test_tolerances.py
 # What the oldest declared diffusers / transformers / accelerate must pass.
 COMPAT_TESTS = $(ENGINE_TESTS) tests/test_models.py tests/test_cli.py tests/test_config.py \
 	tests/test_images.py tests/test_evaluation_metrics.py tests/test_evaluation_protocols.py \
