@@ -1,7 +1,7 @@
 """The frozen configuration of one EmerDiff run: every hyperparameter of the method in one place.
 
 Defaults are the paper's values (Namekata et al., ICLR 2024) where the paper states them; the
-fields marked "our choice" are not stated in the paper (see METHOD.md) and are exposed so that
+fields marked "our choice" are not stated in the paper (see docs/method.md) and are exposed so that
 they can be ablated.
 """
 

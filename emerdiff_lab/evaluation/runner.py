@@ -580,7 +580,7 @@ def _clean(value):
 
 
 def markdown_table(summary: dict, protocols) -> str:
-    """summary.md: METHOD.md's table layout (mIoU in percent), then pixel accuracy."""
+    """summary.md: the paper's table layout (mIoU in percent), then pixel accuracy."""
     data = summary["dataset"]
     setting = f"{data['name']} ({data['num_images']} images, {summary['image_size']} px)"
 
