@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from .config import EmerDiffConfig
 from .features import layer_names
-from .inversion import Inversion, ddpm_step, reconstruct, unet_predict
+from .inversion import Inversion, ddpm_step, inversion_schedule, reconstruct, unet_predict
 from .layers import layer_downsample
-from .models import EmerDiffModel
+from .core import EmerDiffModel
 from .processors import (INJECT_FROM_FIRST, INJECT_NONE, INJECT_RECORD, INJECT_REPLAY,
                          AttentionControl, installed_processors)
 
@@ -111,9 +111,9 @@ def record_reference(model: EmerDiffModel, inversion: Inversion,
     with installed_processors(model.unet, None if injection else [], control):
         for i in range(start, len(inversion.timesteps)):
             t = int(inversion.timesteps[i])
-            prediction = unet_predict(model, current, torch.tensor([t]), inversion.prompt_embeds)
+            prediction = unet_predict(model, current, torch.tensor([t]), inversion.condition)
             current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1],
-                                inversion.num_inference_steps)
+                                inversion_schedule(model, inversion))
             probabilities.append(control.recorded)
             control.recorded = {}
     return ReferencePass(inversion=inversion, timestep=int(cfg.modulation_timestep),
@@ -305,10 +305,10 @@ def _denoise_batched(model, inversion, offsets, modulation_layer, start, cfg):
             t = int(inversion.timesteps[i])
             control.offsets = {modulation_layer: offsets} if i == start else {}
             prediction = unet_predict(model, current, torch.full((batch,), t),
-                                      inversion.prompt_embeds)
+                                      inversion.condition)
             current = ddpm_step(model, prediction, t, current,
                                 inversion.noise[i:i + 1].expand(batch, -1, -1, -1),
-                                inversion.num_inference_steps)
+                                inversion_schedule(model, inversion))
     return current
 
 
@@ -327,10 +327,10 @@ def _denoise_replayed(model, inversion, offsets, modulation_layer, cfg, referenc
             control.recorded = reference.probabilities[step]
             control.offsets = {modulation_layer: offsets} if i == start else {}
             prediction = unet_predict(model, current, torch.full((batch,), t),
-                                      inversion.prompt_embeds)
+                                      inversion.condition)
             current = ddpm_step(model, prediction, t, current,
                                 inversion.noise[i:i + 1].expand(batch, -1, -1, -1),
-                                inversion.num_inference_steps)
+                                inversion_schedule(model, inversion))
     return current
 
 
@@ -346,14 +346,14 @@ def _denoise_plain(model, inversion, offset, modulation_layer, start, cfg):
             noise = inversion.noise[i:i + 1]
             if cfg.attention_injection:
                 control.offsets, control.injection = {}, INJECT_RECORD
-                prediction = unet_predict(model, reference, t, inversion.prompt_embeds)
+                prediction = unet_predict(model, reference, t, inversion.condition)
                 reference = ddpm_step(model, prediction, int(t), reference, noise,
-                                      inversion.num_inference_steps)
+                                      inversion_schedule(model, inversion))
                 control.injection = INJECT_REPLAY
             control.offsets = {modulation_layer: offset} if i == start else {}
-            prediction = unet_predict(model, modulated, t, inversion.prompt_embeds)
+            prediction = unet_predict(model, modulated, t, inversion.condition)
             modulated = ddpm_step(model, prediction, int(t), modulated, noise,
-                                  inversion.num_inference_steps)
+                                  inversion_schedule(model, inversion))
             control.recorded = {}
     return modulated
 
