@@ -1,5 +1,7 @@
 """Latency of the perturbation explorer: a new single-cell perturbation (a cache miss, what a
 slider move or a click costs), a revisited one (a cache hit), and the "Segment" button; JSON out.
+Also, interleaved with the new cells, the same cells computed without the session's recorded
+reference pass (CPU time), and the cost of recording one (once per t_m).
 
     python benchmarks/bench_explorer.py --json benchmarks/results/explorer-toyworld-cpu.json
 
@@ -46,6 +48,7 @@ def _cpu_name() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from emerdiff_lab.models import load_model
+    from emerdiff_lab.modulation import perturb, record_reference
     from emerdiff_lab.widgets import DEFAULT_SCENE, PerturbationSession, default_scene
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,12 +78,20 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = distinct_cells(session.grid, args.repeats + 1)
     session.perturbation(session.cell_region(*cells[0]))     # warm-up, not counted
-    new_cell, new_cell_cpu = [], []
+    new_cell, new_cell_cpu, batched_cpu = [], [], []
     for cell in cells[1:]:
         start, cpu = time.perf_counter(), time.process_time()
         session.perturbation(session.cell_region(*cell))
         new_cell.append(time.perf_counter() - start)
         new_cell_cpu.append(time.process_time() - cpu)
+        # A/B, interleaved: the same cell the way it was computed before the session recorded
+        # its reference pass (the reference rides in every call as a third batch element).
+        cpu = time.process_time()
+        perturb(model, session.inversion, session.cell_region(*cell), session.cfg)
+        batched_cpu.append(time.process_time() - cpu)
+    start, cpu = time.perf_counter(), time.process_time()
+    reference = record_reference(model, session.inversion, session.cfg)
+    record_seconds, record_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
     session.perturbation(session.cell_region(*cells[1]))
     cached = time.perf_counter() - start
@@ -103,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         # core, whatever else shares the machine.
         "new_cell_cpu_s": [round(s, 4) for s in new_cell_cpu],
         "new_cell_cpu_median_s": round(statistics.median(new_cell_cpu), 4),
+        "without_reference_pass_cpu_s": [round(s, 4) for s in batched_cpu],
+        "without_reference_pass_cpu_median_s": round(statistics.median(batched_cpu), 4),
+        # paid once per t_m and injection setting (the first cell at a new t_m)
+        "record_reference_pass_s": round(record_seconds, 3),
+        "record_reference_pass_cpu_s": round(record_cpu, 3),
+        "reference_pass_mb": round(reference.nbytes / 2**20, 1),
         "segment": segment, "load_model_s": round(load_seconds, 2),
         "prepare_session_s": round(prepare_seconds, 2),
         "cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -113,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"new single-cell perturbation: median {record['new_cell_median_s']:.3f} s over "
           f"{len(new_cell)} cells (min {min(new_cell):.3f}, max {max(new_cell):.3f}; CPU time "
-          f"median {record['new_cell_cpu_median_s']:.3f} s); cached "
+          f"median {record['new_cell_cpu_median_s']:.3f} s, without the recorded reference "
+          f"pass {record['without_reference_pass_cpu_median_s']:.3f} s); cached "
           f"{cached * 1000:.2f} ms" + (f"; Segment {segment['seconds']:.1f} s" if segment else "")
           + f"; {record['cpu_cores']} cores, {record['torch_threads']} torch thread(s), load "
           f"average {record['load_average_before'][0]:.1f} before")

@@ -74,7 +74,10 @@ class PerturbationSession:
 
     Computes once: features and k-means masks (``lowres``), and a full-trajectory inversion, so
     that any t_m on the schedule can be explored. ``perturbation`` caches its results (least
-    recently used first out, ``max_entries`` of them).
+    recently used first out, ``max_entries`` of them). Per t_m and injection setting it also
+    records the unmodulated pass once (:func:`emerdiff_lab.modulation.record_reference`), when
+    it fits in ``reference_budget`` bytes, so that a new region costs two batch elements per
+    UNet call instead of three; the default setting's is recorded up front.
 
     Attributes:
         image: (3, S, S) the image the model sees.
@@ -87,7 +90,8 @@ class PerturbationSession:
     """
 
     def __init__(self, model, image, cfg=None, *, labels=None, image_size: int | None = None,
-                 max_entries: int = 64, progress: bool = False):
+                 max_entries: int = 64, progress: bool = False,
+                 reference_budget: int = 512 * 2**20):
         """``labels``: optional (H, W) class ids of ``image`` (255 = ignore); cropped and resized
         (nearest) the way the image is, so that the segmentation can be scored."""
         from .features import extract_features, kmeans_masks, layer_names
@@ -121,6 +125,9 @@ class PerturbationSession:
         self.hits = 0
         self.misses = 0
         self.last_seconds = 0.0
+        self.reference_budget = reference_budget
+        self._references: OrderedDict[tuple, object] = OrderedDict()
+        self._reference_pass(self.cfg)
 
     # -- regions
     def cell_region(self, row: int, col: int) -> torch.Tensor:
@@ -175,16 +182,34 @@ class PerturbationSession:
                                modulation_layer=key.layer, attention_injection=key.injection,
                                offset_placement=key.placement)
         start = time.perf_counter()
-        result = perturb(self.model, self.inversion, torch.as_tensor(region).bool(), cfg)
+        result = perturb(self.model, self.inversion, torch.as_tensor(region).bool(), cfg,
+                         reference=self._reference_pass(cfg))
         self.last_seconds = time.perf_counter() - start
         self._cache[key] = result
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return result
 
+    def _reference_pass(self, cfg):
+        """The recorded unmodulated pass for cfg's t_m and injection (recorded on first use), or
+        None where it would not fit in ``reference_budget``; the passes held together stay
+        within that budget (least recently used dropped first)."""
+        from .modulation import record_reference
+
+        key = (int(cfg.modulation_timestep), bool(cfg.attention_injection))
+        if key not in self._references:
+            self._references[key] = record_reference(self.model, self.inversion, cfg,
+                                                      max_bytes=self.reference_budget)
+        self._references.move_to_end(key)
+        while sum(r.nbytes for r in self._references.values() if r is not None) \
+                > self.reference_budget:
+            self._references.popitem(last=False)
+        return self._references[key]
+
     def cache_info(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "entries": len(self._cache),
-                "max_entries": self.max_entries, "segmentations": len(self._segmentations)}
+                "max_entries": self.max_entries, "segmentations": len(self._segmentations),
+                "reference_passes": sum(r is not None for r in self._references.values())}
 
     # -- the whole segmentation
     def segmentation_key(self, **options) -> tuple:

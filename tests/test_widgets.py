@@ -7,6 +7,7 @@ import torch
 
 import emerdiff_lab as edl
 from emerdiff_lab import figures, widgets
+from tolerances import assert_decoded_close
 
 pytest.importorskip("ipywidgets")
 
@@ -109,6 +110,22 @@ def test_cache_evicts_least_recently_used(tiny_model, session):
     assert small.cache_info()["entries"] == 2
     assert not small.is_cached(small.setting(small.cell_region(0, 0)))
     assert small.is_cached(small.setting(small.cell_region(0, 2)))
+
+
+def test_session_replays_its_recorded_reference_pass(tiny_model, session):
+    """The default setting's unmodulated pass is recorded up front and replayed; a session
+    without room for it (budget 0) computes the same perturbation the batched way."""
+    assert session.cache_info()["reference_passes"] >= 1
+    region = session.cell_region(2, 1)
+    fast = session.perturbation(region, strength=30.0)
+    plain = widgets.PerturbationSession.__new__(widgets.PerturbationSession)
+    plain.__dict__.update(session.__dict__)
+    plain._cache, plain._references = type(session._cache)(), type(session._references)()
+    plain.reference_budget = 0
+    slow = plain.perturbation(region, strength=30.0)
+    assert plain.cache_info()["reference_passes"] == 0
+    assert fast.diff.max() > 1e-3
+    assert_decoded_close(fast.diff, slow.diff, what="replayed and batched explorer maps")
 
 
 def test_bad_inputs_say_what_is_expected(session):
