@@ -363,34 +363,85 @@ def plot_label_rows(rows, columns: list[str], *, model, title: str, cell: float 
     return fig
 
 
-def plot_ablations(table, *, model, metric: str = "miou", title: str = "Ablations"):
-    """One panel per ablation (column ``ablation``), ``metric`` against ``value``, a point per
-    image and the mean; the paper's default setting is marked with a star."""
+def plot_paired_differences(summary, *, model, title: str = "Ablations"):
+    """One panel per ablation: each setting's paired mIoU difference to the default, mean ±
+    standard error over images (``summary`` from
+    :func:`emerdiff_lab.figures.paired_to_default`: columns ablation, value, is_default, mean,
+    sem, n). The default sits at 0 and is drawn as a star; the dashed line is "no change"."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    names = list(dict.fromkeys(table["ablation"]))
+    names = list(dict.fromkeys(summary["ablation"]))
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.7 * rows + 0.9), squeeze=False,
+                             sharey=True)
     for ax, name in zip(axes.flat, names):
-        part = table[table["ablation"] == name].copy()
-        part["value"] = part["value"].astype(str)
-        order = list(dict.fromkeys(part["value"]))
-        sns.stripplot(data=part, x="value", y=metric, order=order, ax=ax, color="0.6", size=4,
-                      jitter=0.1)
-        sns.pointplot(data=part, x="value", y=metric, order=order, ax=ax, color="C0",
-                      errorbar=None, markers="D")
-        defaults = part[part["is_default"]]["value"].unique() if "is_default" in part else []
-        for value in defaults:
-            x = order.index(value)
-            ax.plot([x], [part[part["value"] == value][metric].mean()], marker="*",
-                    color="C3", markersize=14, zorder=5)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("")
-        ax.tick_params(axis="x", labelsize=8, rotation=20)
+        part = summary[summary["ablation"] == name].reset_index(drop=True)
+        x = np.arange(len(part))
+        ax.axhline(0, color="0.5", linestyle="--", linewidth=0.8)
+        ax.errorbar(x, part["mean"], yerr=part["sem"], fmt="D", color="C0", capsize=3)
+        for i, row in part.iterrows():
+            if row["is_default"]:
+                ax.plot([i], [0], marker="*", color="C3", markersize=14, zorder=5)
+        ax.set_xticks(x, part["value"].astype(str), fontsize=8, rotation=20)
+        ax.set_title(f"{name} (n = {int(part['n'].max())})", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mIoU minus default's\n(mean ± s.e., paired)", fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
+    suptitle(fig, title, model)
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_scores(per_image, *, model, title: str, metric: str = "miou", order=None):
+    """Per-image scores of every method (grey dots, one line per image) with the mean ±
+    standard error (``per_image``: columns image, method, ``metric``)."""
+    import matplotlib.pyplot as plt
+
+    order = order or list(dict.fromkeys(per_image["method"]))
+    wide = per_image.pivot(index="image", columns="method", values=metric)[order]
+    fig, ax = plt.subplots(figsize=(1.6 * len(order) + 2, 3.8))
+    x = np.arange(len(order))
+    for _, row in wide.iterrows():
+        ax.plot(x, row.values, color="0.75", linewidth=0.6, marker="o", markersize=2.5, zorder=1)
+    mean = wide.mean()
+    sem = wide.std(ddof=1) / np.sqrt(len(wide)) if len(wide) > 1 else mean * 0
+    ax.errorbar(x, mean, yerr=sem, fmt="D", color="C0", capsize=4, zorder=3,
+                label="mean ± s.e.")
+    for i, (m, e) in enumerate(zip(mean, sem)):
+        ax.annotate(f"{m:.3f}", (i, m), textcoords="offset points", xytext=(8, -3), fontsize=8)
+    ax.set_xticks(x, order, fontsize=8, rotation=15)
+    ax.set_ylabel(f"per-image {metric} (n = {len(wide)})")
+    ax.legend(fontsize=8, loc="lower left")
+    suptitle(fig, title, model)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class(per_class, *, model, title: str, order=None):
+    """Mean Hungarian-matched IoU per ground-truth class and method, ± standard error over the
+    images where the class occurs (``per_class``: columns name, method, iou); the number of
+    such images is written under each class."""
+    import matplotlib.pyplot as plt
+
+    order = order or list(dict.fromkeys(per_class["method"]))
+    classes = list(per_class.groupby("name")["iou"].mean().sort_values().index)
+    stats = per_class.groupby(["name", "method"])["iou"].agg(["mean", "sem", "count"])
+    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2.5, 3.8))
+    width = 0.8 / len(order)
+    for j, method in enumerate(order):
+        values = [stats.loc[(c, method)] if (c, method) in stats.index else None
+                  for c in classes]
+        x = np.arange(len(classes)) + (j - (len(order) - 1) / 2) * width
+        ax.bar(x, [v["mean"] if v is not None else 0 for v in values], width,
+               yerr=[v["sem"] if v is not None and v["count"] > 1 else 0 for v in values],
+               label=method, capsize=1.5, error_kw={"linewidth": 0.6})
+    counts = per_class.drop_duplicates(["image", "name"]).groupby("name").size()
+    ax.set_xticks(np.arange(len(classes)),
+                  [f"{c}\n(n = {counts.get(c, 0)})" for c in classes], fontsize=8)
+    ax.set_ylabel("IoU (mean ± s.e.)")
+    ax.legend(fontsize=7, ncol=min(5, len(order)), loc="upper left")
     suptitle(fig, title, model)
     fig.tight_layout()
     return fig

@@ -27,6 +27,24 @@ _ARRAYS = ("labels", "model_labels", "lowres_labels", "diff_maps", "mask_embeddi
 
 
 @dataclass(frozen=True)
+class Intermediates:
+    """What :func:`segment` computed on the way, kept when ``keep_intermediates=True`` (for
+    figures and ablations that change one step and reuse the rest; never saved).
+
+    Attributes:
+        pixels: (3, S, S) float32 in [0, 1], the square the model saw.
+        features: (h, w, C) low-resolution features (before k-means' normalisation).
+        inversion: the :class:`~emerdiff_lab.inversion.Inversion` the maps were denoised from.
+        raw_maps: (K, S, S) float32 pixel-change maps before blur and normalisation.
+    """
+
+    pixels: torch.Tensor
+    features: torch.Tensor
+    inversion: object
+    raw_maps: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Segmentation:
     """The result of :func:`segment`.
 
@@ -44,6 +62,8 @@ class Segmentation:
         image_size: S, the model's input side in pixels.
         provenance: model id, revision, whether the weights are random, package versions.
         notes: human-readable remarks about this result.
+        intermediates: :class:`Intermediates` when ``segment(..., keep_intermediates=True)``,
+            else None; not written by :meth:`save`.
     """
 
     labels: torch.Tensor
@@ -56,6 +76,7 @@ class Segmentation:
     image_size: int
     provenance: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    intermediates: Intermediates | None = field(default=None, repr=False, compare=False)
 
     @property
     def random_weights(self) -> bool:
@@ -135,7 +156,8 @@ def _write_atomic(path: Path, write) -> None:
 
 def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
             image_size: int | None = None, original_size: bool = True, path: str = "batched",
-            progress: bool = True) -> Segmentation:
+            progress: bool = True, features: torch.Tensor | None = None, inversion=None,
+            keep_intermediates: bool = False) -> Segmentation:
     """Unsupervised image-resolution segmentation of ``image`` with EmerDiff.
 
     Args:
@@ -149,13 +171,24 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
             the crop take the nearest cropped pixel's label); False keeps model resolution.
         path: "batched" (fast) or "reference" (one mask and sign at a time; for checking).
         progress: show progress bars.
+        features: precomputed (h, w, C) features of this image at ``cfg``'s feature layer and
+            t_f (e.g. ``Intermediates.features`` of an earlier call): stage 1 then only runs
+            k-means. The caller vouches that they belong to this image and settings.
+        inversion: a precomputed inversion of this image (``invert(..., full_trajectory=True)``
+            serves every t_m); skips the inversion. Same caveat.
+        keep_intermediates: attach :class:`Intermediates` (features, inversion, raw maps) to
+            the result, so that a caller can re-assemble with another blur or normalisation
+            (:func:`emerdiff_lab.assemble`) without denoising again.
     """
     cfg = cfg or model.default_config
     image_size = check_segment_settings(model, cfg, image_size)
     prepared = prepare_image(image, image_size)
     pixels = prepared.pixels
-    latent = model.encode(pixels[None])[0]  # encoded once, shared by both stages
-    features = extract_features(model, pixels, cfg, latent=latent)
+    latent = None
+    if features is None or inversion is None:
+        latent = model.encode(pixels[None])[0]  # encoded once, shared by both stages
+    if features is None:
+        features = extract_features(model, pixels, cfg, latent=latent)
     lowres = kmeans_masks(features, k=cfg.num_masks, seed=cfg.seed,
                           normalization=cfg.feature_normalization)
     num_masks = int(lowres.max()) + 1
@@ -166,7 +199,8 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     if model.random_weights:
         notes.append(f"model {model.model_id!r} has random weights: the result shows the "
                      f"method's mechanics, not semantics")
-    inversion = invert(model, pixels, cfg, latent=latent, progress=progress)
+    if inversion is None:
+        inversion = invert(model, pixels, cfg, latent=latent, progress=progress)
     raw_maps = pixel_change_maps(model, inversion, lowres, cfg, path=path, progress=progress)
     maps = prepare_maps(raw_maps, cfg.blur_sigma, cfg.normalize_maps)
     model_labels = maps.argmax(dim=0)
@@ -175,7 +209,9 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         labels=labels.cpu(), model_labels=model_labels.cpu(), lowres_labels=lowres.cpu(),
         diff_maps=maps.cpu(), mask_embeddings=mask_embeddings(features, lowres).cpu(),
         config=cfg, num_masks=num_masks, image_size=image_size,
-        provenance=provenance(model), notes=tuple(notes))
+        provenance=provenance(model), notes=tuple(notes),
+        intermediates=Intermediates(pixels.cpu(), features.cpu(), inversion, raw_maps.cpu())
+        if keep_intermediates else None)
 
 
 def check_segment_settings(model: EmerDiffModel, cfg: EmerDiffConfig,

@@ -130,7 +130,7 @@ def run_sweep(args) -> None:
     import emerdiff_lab as edl
     from emerdiff_lab.assembly import prepare_maps, upsample_bilinear
     from emerdiff_lab.layers import find_semantic_block
-    from emerdiff_lab.toyworld.evaluation import _miou
+    from emerdiff_lab.evaluation.metrics import hungarian_miou
 
     pixels, labels = heldout_scenes(args.n, start=VALIDATION_SEED_START)
     report = {"n": args.n, "start": VALIDATION_SEED_START, "masks": {}, "emerdiff": {}}
@@ -140,9 +140,9 @@ def run_sweep(args) -> None:
         for layer in layers:
             for t_f in (1, 101, 201, 401):
                 cfg = model.default_config.replace(feature_timestep=t_f, feature_layer=layer)
-                scores = [_miou(nearest_upsample(edl.kmeans_masks(
+                scores = [hungarian_miou(nearest_upsample(edl.kmeans_masks(
                     edl.extract_features(model, pixels[i], cfg), k=cfg.num_masks, seed=cfg.seed),
-                    64), labels[i]) for i in range(args.n)]
+                    64), labels[i]).miou for i in range(args.n)]
                 key = f"{name} {layer} t_f={t_f}"
                 report["masks"][key] = float(np.mean(scores))
                 print(f"masks  {key}: {np.mean(scores):.3f}", flush=True)
@@ -160,10 +160,11 @@ def run_sweep(args) -> None:
         for t_m, lam in grid:
             cfg = base.replace(modulation_timestep=t_m, modulation_strength=lam)
             raw = edl.pixel_change_maps(model, inversion, lowres, cfg, progress=False)
-            scores[(t_m, lam)]["naive"].append(_miou(upsample_bilinear(lowres, 64), labels[i]))
+            naive = upsample_bilinear(lowres, 64)
+            scores[(t_m, lam)]["naive"].append(hungarian_miou(naive, labels[i]).miou)
             for key, norm in (("emerdiff", False), ("emerdiff_norm", True)):
-                scores[(t_m, lam)][key].append(
-                    _miou(prepare_maps(raw, cfg.blur_sigma, norm).argmax(0), labels[i]))
+                pred = prepare_maps(raw, cfg.blur_sigma, norm).argmax(0)
+                scores[(t_m, lam)][key].append(hungarian_miou(pred, labels[i]).miou)
         print(f"scene {i + 1}/{args.n} done", flush=True)
     for (t_m, lam), s in scores.items():
         means = {k: float(np.mean(v)) for k, v in s.items()}

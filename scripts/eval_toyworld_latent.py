@@ -69,10 +69,11 @@ def vae_psnr(model, n: int, start: int) -> dict:
 def old_scene_pixel_kmeans(n: int, k: int) -> dict:
     """k-means of pixel colours on the pixel-space ToyWorld's 64 px test scenes (same seeds, same
     K): what colour alone allowed on the old data."""
-    from emerdiff_lab.toyworld.evaluation import _miou, heldout_scenes
+    from emerdiff_lab.evaluation.metrics import hungarian_miou
+    from emerdiff_lab.toyworld.evaluation import heldout_scenes
 
     pixels, labels = heldout_scenes(n)
-    values = [_miou(pixel_colour_kmeans(pixels[i], k), labels[i]) for i in range(n)]
+    values = [hungarian_miou(pixel_colour_kmeans(pixels[i], k), labels[i]).miou for i in range(n)]
     return {"mean": float(np.mean(values)), "sem": float(np.std(values, ddof=1) / np.sqrt(n)),
             "per_image": values}
 
@@ -149,7 +150,8 @@ def run_sweep(args) -> None:
     import emerdiff_lab as edl
     from emerdiff_lab.assembly import prepare_maps, upsample_bilinear
     from emerdiff_lab.layers import find_semantic_block
-    from emerdiff_lab.toyworld.evaluation import _miou, nearest_upsample
+    from emerdiff_lab.evaluation.metrics import hungarian_miou
+    from emerdiff_lab.toyworld.evaluation import nearest_upsample
 
     model = load_toyworld_latent(weights=args.weights)
     pixels, labels = scenes(args.n, start=VALIDATION_SEED_START)
@@ -157,8 +159,8 @@ def run_sweep(args) -> None:
     report = {"n": args.n, "start": VALIDATION_SEED_START, "masks": {}, "emerdiff": {}}
     for layer in find_semantic_block(model.unet).cross_attention_layers:
         cfg = base.replace(feature_layer=layer)
-        values = [_miou(nearest_upsample(edl.kmeans_masks(edl.extract_features(
-            model, pixels[i], cfg), k=cfg.num_masks, seed=cfg.seed), IMAGE_SIZE), labels[i])
+        values = [hungarian_miou(nearest_upsample(edl.kmeans_masks(edl.extract_features(
+            model, pixels[i], cfg), k=cfg.num_masks, seed=cfg.seed), IMAGE_SIZE), labels[i]).miou
             for i in range(args.n)]
         report["masks"][layer] = float(np.mean(values))
         print(f"masks {layer}: {np.mean(values):.3f}", flush=True)
@@ -168,8 +170,8 @@ def run_sweep(args) -> None:
     for i in range(args.n):
         lowres = edl.kmeans_masks(edl.extract_features(model, pixels[i], base),
                                   k=base.num_masks, seed=base.seed)
-        scores.setdefault("naive", []).append(_miou(upsample_bilinear(lowres, IMAGE_SIZE),
-                                                         labels[i]))
+        scores.setdefault("naive", []).append(hungarian_miou(upsample_bilinear(lowres, IMAGE_SIZE),
+                                                         labels[i]).miou)
         inversion = edl.invert(model, pixels[i], base, progress=False)
         for t_m, lam in grid:
             raw = edl.pixel_change_maps(model, inversion, lowres, base.replace(
@@ -178,7 +180,7 @@ def run_sweep(args) -> None:
                 for norm in (False, True):
                     key = f"t_m={t_m} lambda={lam} blur={blur} norm={norm}"
                     scores.setdefault(key, []).append(
-                        _miou(prepare_maps(raw, blur, norm).argmax(0), labels[i]))
+                        hungarian_miou(prepare_maps(raw, blur, norm).argmax(0), labels[i]).miou)
         print(f"scene {i + 1}/{args.n} done", flush=True)
     report["emerdiff"] = {k: float(np.mean(v)) for k, v in scores.items()}
     for key, value in sorted(report["emerdiff"].items(), key=lambda kv: -kv[1]):

@@ -1,8 +1,9 @@
-"""The notebooks: committed clean, parameterised, and every one executes headlessly in quick mode.
+"""The notebooks: committed clean, parameterised, and every one executes headlessly in smoke mode.
 
-The quick run goes through ``emerdiff-lab figures --quick`` (papermill), with ../shared hidden so
-that it sees what a fresh clone sees; it fails on any cell error and on any figure not written.
-Also here: the plotting helpers the notebooks use, and the figures runner's error reporting.
+The smoke run goes through ``emerdiff-lab figures --smoke`` (papermill; ToyWorld, 2 test scenes
+per figure, 3 masks, a 10-step schedule), with ../shared hidden so that it sees what a fresh
+clone sees; it fails on any cell error and on any figure not written. Also here: the data and
+experiment helpers the notebooks use, the plotting helpers, and the runner's error reporting.
 """
 
 import csv
@@ -15,10 +16,11 @@ import pytest
 import torch
 
 from emerdiff_lab import figures, plotting
+from emerdiff_lab.toyworld.scenes import CLASS_NAMES
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 PARAMETERS = ("model", "device", "dtype", "image_paths", "data_dir", "image_size", "num_masks",
-              "out_dir", "quick", "seed")
+              "out_dir", "quick", "smoke", "seed")
 
 
 def _read(name):
@@ -55,7 +57,8 @@ def test_parameters_cell_defines_every_parameter(name):
     exec(_parameters_cell(nb).source, namespace)  # noqa: S102 - our own committed notebook
     missing = [p for p in PARAMETERS if p not in namespace]
     assert not missing, f"{name}: parameters cell lacks {missing}"
-    assert namespace["model"] in ("tiny", "toyworld"), "notebooks must default to an offline model"
+    assert namespace["model"] == "toyworld", "notebooks default to the trained offline model"
+    assert namespace["smoke"] is False
     assert set(figures.notebook_parameters(out_dir="x")) == set(PARAMETERS)
 
 
@@ -67,17 +70,24 @@ def test_notebook_writes_what_the_runner_expects(name):
             assert f'"{figure}"' in source, f"{name} never saves {figure}"
 
 
-# ---------------------------------------------------------------------------- the quick run
+@pytest.mark.parametrize("name", [n for n in figures.NOTEBOOKS if n != "08_explorer"])
+def test_notebook_ends_with_a_computed_sentence_and_types_no_verdict(name):
+    cells = [c for c in _read(name).cells if c.cell_type == "code"]
+    assert "print(" in cells[-1].source, f"{name} must end by printing its computed conclusion"
+    text = "\n".join(c.source for c in _read(name).cells)
+    for word in ("beats", "ties with", "loses to"):
+        assert word not in text, f"{name} types the verdict {word!r}; stats.conclusion words it"
+
+
+# ---------------------------------------------------------------------------- the smoke run
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, monkeypatch_module):
-    """``emerdiff-lab figures --quick`` into a temporary folder, ../shared hidden."""
+    """``emerdiff-lab figures --smoke`` (ToyWorld) into a temporary folder, ../shared hidden."""
     from emerdiff_lab.cli import main
 
     out = tmp_path_factory.mktemp("figures")
     monkeypatch_module.setenv("EMERDIFF_SHARED", str(out / "no-shared-here"))
-    # K = 4 instead of quick mode's 8: the same code paths, a quarter less time (127 s against
-    # 169 s on 2 cores), which keeps the suite within its budget
-    code = main(["figures", "--quick", "--out", str(out), "--device", "cpu", "--num-masks", "4"])
+    code = main(["figures", "--smoke", "--out", str(out), "--device", "cpu"])
     return code, out
 
 
@@ -91,7 +101,7 @@ def monkeypatch_module():
 def test_quick_run_executes_every_notebook_without_error(quick_run):
     code, out = quick_run
     timings = (out / "executed" / "timings.csv").read_text()
-    assert code == 0, f"figures --quick failed:\n{timings}"
+    assert code == 0, f"figures --smoke failed:\n{timings}"
     for name in figures.NOTEBOOKS:
         executed = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
         errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
@@ -115,15 +125,17 @@ def test_quick_run_writes_every_figure(quick_run):
 
 
 @pytest.mark.slow
-def test_quick_run_stays_within_quick_limits_and_says_random_weights(quick_run):
+def test_quick_run_is_smoke_mode_on_toyworld_test_scenes(quick_run):
     _, out = quick_run
     for name in figures.NOTEBOOKS:
         executed = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
         text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
                        for o in c.outputs)
-        assert "128 px; K=4; quick=True" in text, f"{name} did not run in quick mode"
-        assert "random weights" in text.lower()
-        assert "generated toyworld scenes" in text, f"{name} saw ../shared despite it hidden"
+        assert "model 'toyworld'" in text and "64 px; K=3; quick=True" in text, name
+        if name != "08_explorer":  # the explorer's setup call predates smoke mode
+            assert "smoke=True; held-out ToyWorld test scenes" in text, name
+            assert "random weights" not in text.lower()
+            assert "WARNING: photos" not in text
 
 
 @pytest.mark.slow
@@ -131,14 +143,20 @@ def test_quick_run_csvs_hold_the_plotted_numbers(quick_run):
     _, out = quick_run
     with open(out / "fig4_miou.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert {r["method"] for r in rows} == {"bilinear upsampling", "EmerDiff"}
+    assert {r["method"] for r in rows} == set(figures.METHODS)
     assert all(0.0 <= float(r["miou"]) <= 1.0 for r in rows)
+    assert {r["image"] for r in rows} == {"test+0", "test+1"}
+    assert all(r["weights"] and int(r["seed"]) >= 1_000_000_000 for r in rows)  # test seeds
     with open(out / "ablations.csv") as handle:
         rows = list(csv.DictReader(handle))
     ablations = {r["ablation"] for r in rows}
-    for table in ("T4", "T5", "T6", "T7", "T8", "T9", "F14"):
+    for table in ("T4", "T6", "T7", "T8", "T9", "F14", "blur", "feature normalisation"):
         assert any(table in a for a in ablations), f"ablations.csv lacks {table}"
     assert {r["value"] for r in rows if "T9" in r["ablation"]} == {"on", "off"}
+    assert {"seed", "weights", "cfg_seed", "is_default"} <= set(rows[0])
+    with open(out / "fig8_per_class.csv") as handle:
+        names = {r["name"] for r in csv.DictReader(handle)}
+    assert names and names <= set(CLASS_NAMES)
     with open(out / "fig8_failures.csv") as handle:
         kinds = {r["kind"] for r in csv.DictReader(handle)}
     assert "small part" in kinds and "large region" in kinds
@@ -207,18 +225,38 @@ def test_figures_is_a_registered_subcommand():
 
 
 # ---------------------------------------------------------------------------- data helpers
-def test_scene_examples_have_exact_labels_at_the_asked_size():
-    examples = figures.scene_examples(96, 2)
-    assert [e.name for e in examples] == ["scene0", "scene1"]
-    for example in examples:
-        assert example.image.shape == (3, 96, 96) and example.labels.shape == (96, 96)
-        assert example.labels.dtype == torch.int64 and int(example.labels.min()) >= 0
+def test_scene_examples_are_test_scenes_with_exact_labels():
+    from emerdiff_lab.toyworld.scenes import HELDOUT_SEED_START, generate_scene
+
+    examples = figures.scene_examples(64, 2)
+    assert [e.name for e in examples] == ["test+0", "test+1"]
+    assert [e.seed for e in examples] == [HELDOUT_SEED_START, HELDOUT_SEED_START + 1]
+    image, labels = generate_scene(HELDOUT_SEED_START + 1, 64)
+    assert torch.equal(examples[1].labels, torch.from_numpy(labels).long())
+    assert torch.allclose(examples[1].image * 255, torch.from_numpy(image).permute(2, 0, 1).float())
+    resized = figures.scene_examples(96, 1)[0]
+    assert resized.image.shape == (3, 96, 96) and resized.labels.shape == (96, 96)
 
 
-def test_resize_labels_crops_the_centre_square_like_the_image():
+def test_toyworld_data_follows_the_model_and_photos_are_flagged(tmp_path):
+    ctx = figures.setup("toyworld", "cpu", out_dir=tmp_path)
+    assert {e.source for e in figures.photo_examples(ctx, 2)} == {"toyworld test scenes"}
+    assert "WARNING" not in ctx.title("t", figures.photo_examples(ctx, 2))
+    photo = next(iter(__import__("emerdiff_lab").sample_images().values()))
+    flagged = figures.setup("toyworld", "cpu", out_dir=tmp_path, image_paths=[str(photo)])
+    examples = figures.photo_examples(flagged, 1)
+    assert examples[0].source == "file"
+    assert figures.PHOTO_ON_TOYWORLD in flagged.title("Gallery", examples)
+
+
+def test_resize_labels_is_the_evaluation_label_geometry():
+    from emerdiff_lab.evaluation.datasets import label_to_model
+
     labels = torch.zeros(4, 8, dtype=torch.int64)
     labels[:, 2:6] = 1                      # the centre square is all 1
     assert (figures.resize_labels(labels, 2) == 1).all()
+    odd = torch.arange(35 * 50).reshape(35, 50) % 7
+    assert np.array_equal(figures.resize_labels(odd, 16).numpy(), label_to_model(odd.numpy(), 16))
 
 
 def test_voc_examples_read_labels(voc14):
@@ -282,24 +320,58 @@ def test_heatmap_and_grid_images():
 
 
 @pytest.mark.parametrize("quick, size", [(True, 128), (False, 256)])
-def test_ablation_settings_cover_every_table_and_stay_valid(tiny_model, quick, size):
+def test_ablation_settings_cover_every_sweep_and_stay_valid(tiny_model, quick, size):
+    from emerdiff_lab.figures.experiments import _is_default
     from emerdiff_lab.inversion import schedule
 
     cfg = tiny_model.default_config
     ctx = figures.FigureContext(model=tiny_model, cfg=cfg, image_size=size, quick=quick,
                                 out_dir=Path("unused"))
     settings = figures.ablation_settings(ctx)
-    tables = {name.split("(")[-1].rstrip(")") for name, _, _ in settings}
-    assert tables == {"T4", "T5", "T6", "T7", "T8", "T9", "F14"}
+    names = {name for name, _, _ in settings}
+    for part in ("T4", "T6", "T7", "T8", "T9", "F14", "blur", "map", "feature normalisation"):
+        assert any(part in n for n in names), part
+    assert any("T5" in n for n in names) is not quick
     cells = (size // 32) ** 2                        # tiny: 8x VAE, 4x UNet downsampling
     on_schedule = set(schedule(tiny_model, cfg.num_inference_steps).tolist())
     for name, value, changes in settings:
         cfg.replace(**changes)                       # every setting is a valid config
         assert changes.get("num_masks", 1) <= cells, (name, value)
         assert changes.get("modulation_timestep", 281) in on_schedule, (name, value)
-    masks = [c["num_masks"] for n, _, c in settings if "T4" in n]
-    assert cfg.num_masks in masks and (len(masks) == 3 if quick else max(masks) >= 20)
-    sweeps = {n for n, _, _ in settings}
-    for sweep in sweeps:
-        count = sum(n == sweep for n, _, _ in settings)
-        assert count >= 2, f"{sweep} has a single value"
+    for sweep in names:
+        values = [c for n, _, c in settings if n == sweep]
+        assert len(values) >= 2, f"{sweep} has a single value"
+        assert any(_is_default(ctx, cfg.replace(**c)) for c in values), f"{sweep} lacks the default"
+
+
+def test_paired_to_default_and_conclusions_come_from_the_per_image_rows():
+    import pandas as pd
+
+    rows = []
+    for i in range(6):
+        rows.append({"ablation": "a", "value": "default", "image": f"i{i}", "miou": 0.5 + i / 100,
+                     "is_default": True})
+        rows.append({"ablation": "a", "value": "worse", "image": f"i{i}",
+                     "miou": 0.4 + i / 100 + (i % 2) / 1000, "is_default": False})
+    table = pd.DataFrame(rows)
+    summary = figures.paired_to_default(table).set_index("value")
+    assert summary.loc["default", "mean"] == 0 and summary.loc["worse", "n"] == 6
+    assert summary.loc["worse", "mean"] == pytest.approx(-0.0995)
+    assert summary.loc["worse", "verdict"] == "loses to"
+    (sentence,) = figures.ablation_conclusions(table)
+    assert sentence.startswith("a = worse loses to the default")
+
+
+def test_compare_methods_scores_every_method_per_image_and_class(tmp_path):
+    ctx = figures.setup("toyworld", "cpu", smoke=True, out_dir=tmp_path)
+    examples = figures.labelled_examples(ctx, 2)
+    per_image, per_class, labels = figures.compare_methods(
+        ctx, examples, None, class_names=figures.class_names(examples), progress=False)
+    assert set(per_image.method) == set(figures.METHODS) - {figures.CONTROL}
+    assert len(per_image) == 2 * 4 and per_image.miou.between(0, 1).all()
+    assert set(per_class.name) <= set(CLASS_NAMES)
+    summary = figures.method_summary(per_image)
+    assert summary.set_index("method").loc[figures.NAIVE, "n"] == 2
+    again, _, _ = figures.compare_methods(ctx, examples, None, progress=False)  # from the cache
+    assert again.miou.tolist() == per_image.miou.tolist()
+    assert len(list(ctx.cache_dir.glob("*.npz"))) == 2

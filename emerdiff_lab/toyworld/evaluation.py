@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..assembly import prepare_maps, upsample_bilinear
+from ..assembly import assemble
+from ..baselines import nearest_upsample, upsample_bilinear
 from ..config import EmerDiffConfig
 from ..evaluation.metrics import hungarian_miou
-from ..features import extract_features, kmeans_masks
-from ..inversion import invert
-from ..modulation import pixel_change_maps
+from ..segmentation import segment
 from .scenes import HELDOUT_SEED_START, generate_batch
 
 METHODS = ("masks", "naive", "emerdiff", "emerdiff_norm")
+__all__ = ["METHODS", "VALIDATION_SEED_START", "evaluate", "evaluate_scene", "heldout_scenes",
+           "nearest_upsample", "random_control", "summarize"]
 # Seeds for choosing settings (validation), kept apart from the test scenes the table reports.
 VALIDATION_SEED_START = HELDOUT_SEED_START + 1_000_000
 
@@ -39,15 +39,6 @@ def heldout_scenes(n: int, *, size: int = 64, start: int = HELDOUT_SEED_START):
             torch.from_numpy(labels))
 
 
-def nearest_upsample(lowres: torch.Tensor, size: int) -> torch.Tensor:
-    """(h, w) int64 labels -> (size, size) int64 by nearest neighbour (each cell a block)."""
-    return F.interpolate(lowres[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
-
-
-def _miou(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    return float(hungarian_miou(pred.cpu().numpy(), gt.cpu().numpy()).miou)
-
-
 def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor,
                    cfg: EmerDiffConfig) -> dict[str, float]:
     """Per-image Hungarian mIoU of every method in ``METHODS`` for one scene.
@@ -58,17 +49,24 @@ def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor,
         cfg: EmerDiff settings (``normalize_maps`` is ignored: both variants are scored).
     """
     size = pixels.shape[-1]
-    features = extract_features(model, pixels, cfg)
-    lowres = kmeans_masks(features, k=cfg.num_masks, seed=cfg.seed,
-                          normalization=cfg.feature_normalization)
-    inversion = invert(model, pixels, cfg, progress=False)
-    raw = pixel_change_maps(model, inversion, lowres, cfg, progress=False)
-    return {
-        "masks": _miou(nearest_upsample(lowres, size), labels),
-        "naive": _miou(upsample_bilinear(lowres, size), labels),
-        "emerdiff": _miou(prepare_maps(raw, cfg.blur_sigma, False).argmax(0), labels),
-        "emerdiff_norm": _miou(prepare_maps(raw, cfg.blur_sigma, True).argmax(0), labels),
+    seg = segment(model, pixels, cfg, image_size=size, original_size=False, progress=False,
+                  keep_intermediates=True)
+    raw = seg.intermediates.raw_maps
+    predictions = {
+        "masks": nearest_upsample(seg.lowres_labels, size),
+        "naive": upsample_bilinear(seg.lowres_labels, size),
+        "emerdiff": assemble(raw, cfg.blur_sigma, normalize=False),
+        "emerdiff_norm": assemble(raw, cfg.blur_sigma, normalize=True),
     }
+    return {name: hungarian_miou(pred, labels).miou for name, pred in predictions.items()}
+
+
+def random_control(seed: int = 0):
+    """The evaluation's random-weight control: ToyWorld's architecture and condition with seeded
+    random UNet weights (``load_toyworld(random_weights=True, seed=seed)``)."""
+    from .model import load_toyworld
+
+    return load_toyworld(random_weights=True, seed=seed)
 
 
 def evaluate(model, n: int, cfg: EmerDiffConfig | None = None, *,

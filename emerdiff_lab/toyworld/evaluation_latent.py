@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..baselines import pixel_colour_kmeans
 from ..config import EmerDiffConfig
 from ..evaluation.metrics import hungarian_miou
 from ..features import kmeans_masks
@@ -49,22 +50,8 @@ def scenes(n: int, *, start: int = TEST_SEED_START, size: int = IMAGE_SIZE):
             torch.from_numpy(labels))
 
 
-def _miou(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    return float(hungarian_miou(pred.cpu().numpy(), gt.cpu().numpy()).miou)
-
-
-def pixel_colour_kmeans(pixels: torch.Tensor, k: int, seed: int = 0,
-                        fit_pixels: int = 8192) -> torch.Tensor:
-    """(3, S, S) in [0, 1] -> (S, S) int64: k-means of RGB colours, fitted on ``fit_pixels``
-    seeded random pixels (for speed; the clusters of 8k and 65k pixels agree closely) and applied
-    to all pixels."""
-    from sklearn.cluster import KMeans
-
-    data = pixels.permute(1, 2, 0).reshape(-1, 3).double().numpy()
-    rng = np.random.default_rng(seed)
-    sample = data[rng.choice(len(data), min(fit_pixels, len(data)), replace=False)]
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(sample)
-    return torch.from_numpy(km.predict(data).reshape(pixels.shape[1:]).astype(np.int64))
+def _score(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    return hungarian_miou(pred, gt).miou
 
 
 def baseline_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
@@ -81,10 +68,10 @@ def baseline_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
     cells = F.avg_pool2d(pixels[None], cell)[0].permute(1, 2, 0)          # (16, 16, 3)
     latent = model.encode(pixels[None])[0].permute(1, 2, 0).cpu()           # (32, 32, 4)
     return {
-        "pixel_kmeans": _miou(pixel_colour_kmeans(pixels, k, cfg.seed), labels),
-        "cell_colour_kmeans": _miou(nearest_upsample(
+        "pixel_kmeans": _score(pixel_colour_kmeans(pixels, k, cfg.seed), labels),
+        "cell_colour_kmeans": _score(nearest_upsample(
             kmeans_masks(cells, k=k, seed=cfg.seed, normalization="none"), size), labels),
-        "latent_kmeans": _miou(nearest_upsample(
+        "latent_kmeans": _score(nearest_upsample(
             kmeans_masks(latent, k=k, seed=cfg.seed, normalization="none"), size), labels),
     }
 
