@@ -134,8 +134,11 @@ def _pipeline_class_name(model_id: str, revision, token, cache_dir, local_files_
         return json.loads((path / "model_index.json").read_text())["_class_name"]
     from diffusers import DiffusionPipeline
 
-    config = DiffusionPipeline.load_config(model_id, revision=revision, token=token,
-                                           cache_dir=cache_dir, local_files_only=local_files_only)
+    with warnings.catch_warnings():  # diffusers passes huggingface_hub a deprecated argument
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        config = DiffusionPipeline.load_config(model_id, revision=revision, token=token,
+                                               cache_dir=cache_dir,
+                                               local_files_only=local_files_only)
     return config["_class_name"]
 
 
