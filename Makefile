@@ -14,12 +14,16 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 # MODEL: toyworld (the project's own small trained model: offline, 64 px synthetic scenes),
 # tiny (random weights, mechanics only), or a hub id / diffusers folder with real weights.
-# Unset, demo uses toyworld and figures uses tiny: quick-mode figures with toyworld took 27 min
-# (1,619 s) on 2 CPU cores shared with other jobs, past the 15 min budget of `make figures`;
-# tiny took under 3 min. `make figures MODEL=toyworld` makes the trained model's figures.
+# Unset, both use toyworld: `make figures` runs every notebook on ToyWorld's held-out test scenes
+# (quick mode on a CPU; see docs/notebooks.md for the measured per-notebook times).
 MODEL ?=
 DEMO_MODEL = $(or $(MODEL),toyworld)
-FIGURES_MODEL = $(or $(MODEL),tiny)
+FIGURES_MODEL = $(or $(MODEL),toyworld)
+# One torch thread per notebook kernel: ToyWorld's 64 px batches gain little from a second
+# thread, and on 2 cores shared with other jobs two threads spent about 4x the CPU time per
+# scene spin-waiting (measured: 35-65 s against 10 s of CPU for one segment). FIGURES_THREADS=2
+# (or more) on a quiet or larger machine.
+FIGURES_THREADS ?= 1
 DEVICE ?= cpu
 DTYPE ?= float32
 IMAGE_SIZE ?=
@@ -83,7 +87,7 @@ test-compat: $(COMPAT_VENV)/.installed
 
 # Quick mode (128 px, <= 8 masks) is chosen automatically for the tiny model or a CPU.
 figures: setup
-	$(BIN)/emerdiff-lab figures --model $(FIGURES_MODEL) --device $(DEVICE) --dtype $(DTYPE) \
+	OMP_NUM_THREADS=$(FIGURES_THREADS) $(BIN)/emerdiff-lab figures --model $(FIGURES_MODEL) --device $(DEVICE) --dtype $(DTYPE) \
 		$(SIZE_ARGS) --out figures $(FIGURES_ARGS)
 
 clean:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -89,7 +90,10 @@ def emerdiff_maps(ctx: FigureContext, example: Example, cfg=None, *, model=None,
                   keep_intermediates=True)
     maps = Maps(seg.lowres_labels, seg.intermediates.raw_maps, time.perf_counter() - start)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, lowres=maps.lowres.numpy(), raw_maps=maps.raw_maps.numpy())
+    # written under a temporary name and renamed: a killed run never leaves a truncated entry
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, lowres=maps.lowres.numpy(), raw_maps=maps.raw_maps.numpy())
+    os.replace(tmp, path)
     return maps
 
 
