@@ -19,11 +19,12 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL ?=
 DEMO_MODEL = $(or $(MODEL),toyworld)
 FIGURES_MODEL = $(or $(MODEL),toyworld)
-# One torch thread per notebook kernel: ToyWorld's 64 px batches gain little from a second
-# thread, and on 2 cores shared with other jobs two threads spent about 4x the CPU time per
-# scene spin-waiting (measured: 35-65 s against 10 s of CPU for one segment). FIGURES_THREADS=2
-# (or more) on a quiet or larger machine.
+# Two notebooks at a time, one torch thread each: ToyWorld's 64 px batches gain little from a
+# second thread, and on 2 cores shared with other jobs two threads spent about 4x the CPU time
+# per scene spin-waiting (measured: 35-65 s against 10 s of CPU for one segment), so the two
+# cores are better used by two kernels. Raise both on a larger machine.
 FIGURES_THREADS ?= 1
+FIGURES_JOBS ?= 2
 DEVICE ?= cpu
 DTYPE ?= float32
 IMAGE_SIZE ?=
@@ -87,8 +88,9 @@ test-compat: $(COMPAT_VENV)/.installed
 
 # Quick mode (128 px, <= 8 masks) is chosen automatically for the tiny model or a CPU.
 figures: setup
-	OMP_NUM_THREADS=$(FIGURES_THREADS) $(BIN)/emerdiff-lab figures --model $(FIGURES_MODEL) --device $(DEVICE) --dtype $(DTYPE) \
-		$(SIZE_ARGS) --out figures $(FIGURES_ARGS)
+	OMP_NUM_THREADS=$(FIGURES_THREADS) $(BIN)/emerdiff-lab figures --model $(FIGURES_MODEL) \
+		--device $(DEVICE) --dtype $(DTYPE) --jobs $(FIGURES_JOBS) $(SIZE_ARGS) --out figures \
+		$(FIGURES_ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) figures/demo figures/executed

@@ -87,7 +87,9 @@ def quick_run(tmp_path_factory, monkeypatch_module):
 
     out = tmp_path_factory.mktemp("figures")
     monkeypatch_module.setenv("EMERDIFF_SHARED", str(out / "no-shared-here"))
-    code = main(["figures", "--smoke", "--out", str(out), "--device", "cpu"])
+    # two kernels at a time, one torch thread each (as `make figures` runs them)
+    monkeypatch_module.setenv("OMP_NUM_THREADS", "1")
+    code = main(["figures", "--smoke", "--out", str(out), "--device", "cpu", "--jobs", "2"])
     return code, out
 
 
@@ -375,3 +377,23 @@ def test_compare_methods_scores_every_method_per_image_and_class(tmp_path):
     again, _, _ = figures.compare_methods(ctx, examples, None, progress=False)  # from the cache
     assert again.miou.tolist() == per_image.miou.tolist()
     assert len(list(ctx.cache_dir.glob("*.npz"))) == 2
+
+
+def test_runner_runs_notebooks_side_by_side_and_rejects_bad_jobs(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for name in ("01_quickstart", "03_pipeline_overview"):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell('out_dir = "."'),
+                    nbformat.v4.new_code_cell(f"print({name!r})")]
+        nb.cells[0].metadata["tags"] = ["parameters"]
+        nbformat.write(nb, notebooks / f"{name}.ipynb")
+    runs = figures.run_notebooks(figures.notebook_parameters(out_dir=tmp_path / "out"),
+                                 notebooks_dir=notebooks, only=["01", "03"], progress=False,
+                                 jobs=2)
+    assert [r.name for r in runs] == ["01_quickstart", "03_pipeline_overview"]
+    assert all(r.error is None for r in runs), [r.error for r in runs]
+    with pytest.raises(ValueError, match="jobs"):
+        figures.run_notebooks({}, jobs=0)

@@ -280,7 +280,10 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
     settings = settings if settings is not None else ablation_settings(ctx)
     rows = []
     bar = tqdm(total=len(examples) * len(settings), desc="ablations", disable=not progress)
-    for example in examples:
+    # Last scene first: run beside notebook 04 (``--jobs 2``), which scores the same scenes
+    # from the first on, the two meet in the middle and read each other's cached maps instead
+    # of computing the default setting twice. The rows come back in the examples' order.
+    for example in reversed(examples):
         features, inversions = {}, {}
         for ablation, value, changes in settings:
             cfg = ctx.cfg.replace(**changes)
@@ -301,7 +304,9 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
                          "weights": ctx.weights, "cfg_seed": ctx.cfg.seed})
             bar.update()
     bar.close()
-    return pd.DataFrame(rows)
+    order = {e.name: i for i, e in enumerate(examples)}
+    return pd.DataFrame(rows).sort_values("image", key=lambda c: c.map(order),
+                                          kind="stable").reset_index(drop=True)
 
 
 def paired_to_default(table: pd.DataFrame) -> pd.DataFrame:
