@@ -37,12 +37,14 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
     VAE encode.
 
     Returns:
-        (h, w, C) float32 on the model's device; (16, 16, 1280) for SD 1.x at 512 px.
+        (h, w, C) float32 on the model's device; (16, 16, 1280) for SD 1.x at 512 px, the patch
+        grid (32, 32, 1152) for PixArt at 512 px.
     """
     cfg = cfg or model.default_config
     pixels = model_pixels(image, image_size, model.native_image_size)
     size = pixels.shape[-1]
-    check_image_size(model.unet, size, model.vae_scale_factor)
+    check_image_size(model.unet, size, model.vae_scale_factor,
+                     geometry=model.architecture.geometry(model))
     if not 0 <= cfg.feature_timestep < model.scheduler.config.num_train_timesteps:
         raise ValueError(f"feature_timestep must lie in [0, "
                          f"{model.scheduler.config.num_train_timesteps}), got "
@@ -58,7 +60,7 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
         unet_predict(model, noisy, t, model.condition(cfg.prompt))
     query = control.captured[feature_layer][0].float()        # (tokens, C)
     latent_h, latent_w = x0.shape[-2:]
-    stride = round((latent_h * latent_w / query.shape[0]) ** 0.5)
+    stride = model.architecture.geometry(model).layer_downsample(feature_layer)
     return query.reshape(latent_h // stride, latent_w // stride, -1)
 
 

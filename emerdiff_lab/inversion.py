@@ -119,15 +119,17 @@ def ddpm_step(model: EmerDiffModel, model_output: torch.Tensor, timestep: int,
 @torch.no_grad()
 def unet_predict(model: EmerDiffModel, latents: torch.Tensor, timesteps: torch.Tensor,
                  prompt_embeds: torch.Tensor | Condition) -> torch.Tensor:
-    """UNet output (B, C, h, w) float32 for latents (B, C, h, w) at per-element timesteps (B,).
+    """The denoiser's prediction (B, C, h, w) float32 for latents (B, C, h, w) at per-element
+    timesteps (B,).
 
     ``prompt_embeds``: the (1, tokens, width) embeddings ``model.prompt_embeds`` returned, or a
-    whole ``model.condition(prompt)``; the model's architecture adds the extra inputs its UNet
-    takes (SDXL: pooled embedding and size ids), expanded to the batch.
+    whole ``model.condition(prompt)``. The model's architecture makes the call: it adds the
+    extra inputs its denoiser takes (SDXL: pooled embedding and size ids), expanded to the
+    batch, and reads the output as the prediction the scheduler expects (dropping a learned
+    variance where the denoiser has one).
     """
     latents = latents.to(model.device, model.dtype)
-    inputs = model.architecture.unet_inputs(model, prompt_embeds, latents)
-    out = model.unet(latents, timesteps.to(model.device), **inputs).sample
+    out = model.architecture.predict(model, latents, timesteps.to(model.device), prompt_embeds)
     return out.float()
 
 
@@ -156,7 +158,8 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     """
     cfg = cfg or model.default_config
     pixels = model_pixels(image, image_size, model.native_image_size)
-    check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor)
+    check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor,
+                     geometry=model.architecture.geometry(model))
     full_schedule = ddpm_schedule(model.scheduler, cfg.num_inference_steps)
     timesteps = full_schedule.timesteps.clone()
     check_timestep(model, cfg.modulation_timestep, cfg.num_inference_steps, "modulation_timestep")

@@ -1,9 +1,22 @@
-"""The one place that names UNet layers: which attention layers EmerDiff reads and modulates.
+"""The one place that names denoiser layers: which attention layers EmerDiff reads and
+modulates, and the token grid each of them works on.
 
-Layers are found by structure, not by hard-coded indices: the block is the first (lowest
-resolution) up block with cross-attention, which is the 16x16 block of SD 1.x/2.x at 512 px and
-the 32x32 block of SDXL at 1024 px. Within it, layers are grouped by attention module
-(``attentions.i``: one transformer block each in SD, ten in SDXL's lowest-resolution block).
+Layers are found by structure, not by hard-coded indices. Two denoiser structures are known:
+
+- a UNet (``down_blocks``/``up_blocks``): the block is the first (lowest resolution) up block
+  with cross-attention, which is the 16x16 block of SD 1.x/2.x at 512 px and the 32x32 block of
+  SDXL at 1024 px. Within it, layers are grouped by attention module (``attentions.i``: one
+  transformer block each in SD, ten in SDXL's lowest-resolution block). Tokens shrink by 2 at
+  every down block.
+- a stack of transformer blocks on a patch grid (``transformer_blocks`` and a ``patch_size`` in
+  the config, as diffusion transformers have): every block works on the same grid, one token per
+  ``patch_size`` x ``patch_size`` latent cells; the default layer is the cross-attention of the
+  middle block.
+
+:func:`geometry_of` picks the structure of a denoiser; the module-level functions
+(:func:`resolve_layers`, :func:`find_semantic_block`, :func:`check_image_size`,
+:func:`layer_downsample`) take a denoiser and go through it. A model's architecture says which
+geometry its denoiser has (``model.architecture.geometry(model)``).
 """
 
 from __future__ import annotations
@@ -15,14 +28,18 @@ import torch
 
 @dataclass(frozen=True)
 class SemanticBlock:
-    """The lowest-resolution up block with cross-attention.
+    """The block whose cross-attention layers EmerDiff reads and modulates.
 
     Attributes:
-        block_name: e.g. ``"up_blocks.1"``.
-        cross_attention_layers: module paths of its cross-attention layers, in order.
-        downsample: latent cells per feature cell along one side (4 for SD: 64 -> 16).
+        block_name: e.g. ``"up_blocks.1"`` (a UNet) or ``"transformer_blocks"`` (a stack of
+            transformer blocks, all on one grid).
+        cross_attention_layers: module paths of its cross-attention layers, in order (the
+            explorer's layer menu).
+        downsample: latent cells per feature cell along one side (4 for SD: 64 -> 16; the patch
+            size for a transformer).
         attention_modules: the same layers grouped by attention module, in order
-            (``((attentions.0 layers), (attentions.1 layers), ...)``).
+            (``((attentions.0 layers), (attentions.1 layers), ...)``; one transformer block
+            each for a transformer).
     """
 
     block_name: str
@@ -35,29 +52,144 @@ class SemanticBlock:
         return image_size // (vae_scale_factor * self.downsample)
 
 
-def find_semantic_block(unet: torch.nn.Module) -> SemanticBlock:
-    """Finds the first up block that has cross-attention layers.
+class UNetGeometry:
+    """Layer geometry of a diffusers ``UNet2DConditionModel`` (may live on the meta device)."""
+
+    def __init__(self, unet: torch.nn.Module):
+        if getattr(unet, "up_blocks", None) is None or getattr(unet, "down_blocks", None) is None:
+            raise ValueError(f"expected a diffusers UNet2DConditionModel with down_blocks and "
+                             f"up_blocks, got {type(unet).__name__}")
+        self.denoiser = unet
+
+    @property
+    def stride(self) -> int:
+        """Latent cells per token of the coarsest layer along one side (8 for SD's 4 levels)."""
+        return 2 ** sum(getattr(b, "downsamplers", None) is not None
+                        for b in self.denoiser.down_blocks)
+
+    def semantic_block(self) -> SemanticBlock:
+        """The first up block that has cross-attention layers.
+
+        Raises:
+            ValueError: the UNet has no up block with cross-attention (EmerDiff needs one).
+        """
+        upsampled = 1
+        for index, block in enumerate(self.denoiser.up_blocks):
+            names = _cross_attention_paths(block, f"up_blocks.{index}")
+            if names:
+                return SemanticBlock(f"up_blocks.{index}", tuple(names), self.stride // upsampled,
+                                     _group_by_module(names, f"up_blocks.{index}"))
+            if getattr(block, "upsamplers", None) is not None:
+                upsampled *= 2
+        raise ValueError(
+            "this UNet has no up block with cross-attention layers; EmerDiff reads and modulates "
+            "the cross-attention of the lowest-resolution such block (e.g. SD's "
+            "CrossAttnUpBlock2D)")
+
+    def default_layers(self) -> tuple[str, str]:
+        """The first cross-attention layer of the first and of the third (or last, if fewer)
+        attention module of the semantic block."""
+        modules = self.semantic_block().attention_modules
+        return modules[0][0], modules[min(2, len(modules) - 1)][0]
+
+    def layer_downsample(self, name: str) -> int:
+        """Latent cells per token of layer ``name`` along one side (4 for SD's 16x16 layers)."""
+        ups = [getattr(b, "upsamplers", None) is not None for b in self.denoiser.up_blocks]
+        downs = [getattr(b, "downsamplers", None) is not None for b in self.denoiser.down_blocks]
+        parts = name.split(".")
+        if parts[0] == "down_blocks":
+            return 2 ** sum(downs[:int(parts[1])])
+        if parts[0] == "mid_block":
+            return 2 ** sum(downs)
+        if parts[0] == "up_blocks":
+            return 2 ** sum(downs) // 2 ** sum(ups[:int(parts[1])])
+        raise ValueError(f"cannot place layer {name!r} in the UNet; expected a path under "
+                         f"down_blocks, mid_block or up_blocks")
+
+    def activation_bytes(self, latent_h: int, latent_w: int, bytes_per_value: int) -> int:
+        """A rough peak of activation memory per batch element in bytes (scaled from the
+        widest full-resolution layer; only the order of magnitude matters)."""
+        width = self.denoiser.config.block_out_channels[0]
+        return 64 * latent_h * latent_w * width * bytes_per_value
+
+
+class PatchGeometry:
+    """Layer geometry of a diffusion transformer: ``transformer_blocks`` on one patch grid.
+
+    Every block sees one token per ``patch_size`` x ``patch_size`` latent cells (32x32 tokens
+    at 512 px for patch size 2 and an 8x VAE), so every layer has the same grid.
+    """
+
+    def __init__(self, denoiser: torch.nn.Module):
+        blocks = getattr(denoiser, "transformer_blocks", None)
+        patch = getattr(getattr(denoiser, "config", None), "patch_size", None)
+        if blocks is None or not patch:
+            raise ValueError(f"expected a diffusion transformer with transformer_blocks and a "
+                             f"patch_size in its config, got {type(denoiser).__name__}")
+        self.denoiser = denoiser
+
+    @property
+    def stride(self) -> int:
+        """Latent cells per token along one side: the patch size."""
+        return int(self.denoiser.config.patch_size)
+
+    def semantic_block(self) -> SemanticBlock:
+        """All blocks' cross-attention layers (one grid), one attention module per block."""
+        names = _cross_attention_paths(self.denoiser.transformer_blocks, "transformer_blocks")
+        if not names:
+            raise ValueError("this transformer has no cross-attention layers; EmerDiff reads and "
+                             "modulates a block's cross-attention")
+        return SemanticBlock("transformer_blocks", tuple(names), self.stride,
+                             tuple((name,) for name in names))
+
+    def default_layers(self) -> tuple[str, str]:
+        """The cross-attention of block ``num_layers // 2`` for both features and modulation
+        (a choice of mechanics: the middle of the stack; see docs/architectures.md)."""
+        names = self.semantic_block().cross_attention_layers
+        middle = f"transformer_blocks.{len(self.denoiser.transformer_blocks) // 2}."
+        chosen = next((n for n in names if n.startswith(middle)), names[len(names) // 2])
+        return chosen, chosen
+
+    def layer_downsample(self, name: str) -> int:
+        """Latent cells per token of layer ``name`` along one side: the patch size."""
+        if not name.startswith("transformer_blocks."):
+            raise ValueError(f"cannot place layer {name!r} in the transformer; expected a path "
+                             f"under transformer_blocks")
+        return self.stride
+
+    def activation_bytes(self, latent_h: int, latent_w: int, bytes_per_value: int) -> int:
+        """A rough peak of activation memory per batch element in bytes: one block's hidden
+        states and its self-attention probabilities (materialised for injection)."""
+        config = self.denoiser.config
+        tokens = (latent_h // self.stride) * (latent_w // self.stride)
+        inner = config.num_attention_heads * config.attention_head_dim
+        return bytes_per_value * tokens * (64 * inner + 2 * config.num_attention_heads * tokens)
+
+
+def geometry_of(denoiser: torch.nn.Module):
+    """The geometry of a denoiser's structure: :class:`UNetGeometry` for a UNet,
+    :class:`PatchGeometry` for a stack of transformer blocks on a patch grid.
 
     Raises:
-        ValueError: the UNet has no up block with cross-attention (EmerDiff needs one).
+        ValueError: neither structure.
     """
-    up_blocks = getattr(unet, "up_blocks", None)
-    down_blocks = getattr(unet, "down_blocks", None)
-    if up_blocks is None or down_blocks is None:
-        raise ValueError(f"expected a diffusers UNet2DConditionModel with down_blocks and "
-                         f"up_blocks, got {type(unet).__name__}")
-    total_downsample = 2 ** sum(getattr(b, "downsamplers", None) is not None for b in down_blocks)
-    upsampled = 1
-    for index, block in enumerate(up_blocks):
-        names = _cross_attention_paths(block, f"up_blocks.{index}")
-        if names:
-            return SemanticBlock(f"up_blocks.{index}", tuple(names), total_downsample // upsampled,
-                                 _group_by_module(names, f"up_blocks.{index}"))
-        if getattr(block, "upsamplers", None) is not None:
-            upsampled *= 2
-    raise ValueError(
-        "this UNet has no up block with cross-attention layers; EmerDiff reads and modulates the "
-        "cross-attention of the lowest-resolution such block (e.g. SD's CrossAttnUpBlock2D)")
+    if getattr(denoiser, "up_blocks", None) is not None:
+        return UNetGeometry(denoiser)
+    if getattr(denoiser, "transformer_blocks", None) is not None:
+        return PatchGeometry(denoiser)
+    raise ValueError(f"expected a diffusers UNet2DConditionModel with down_blocks and up_blocks "
+                     f"or a diffusion transformer with transformer_blocks, got "
+                     f"{type(denoiser).__name__}")
+
+
+def find_semantic_block(unet: torch.nn.Module) -> SemanticBlock:
+    """The block EmerDiff's layers come from: a UNet's first up block with cross-attention, or
+    a transformer's stack of blocks.
+
+    Raises:
+        ValueError: the denoiser has no such block (EmerDiff needs one).
+    """
+    return geometry_of(unet).semantic_block()
 
 
 def _cross_attention_paths(block: torch.nn.Module, prefix: str) -> list[str]:
@@ -82,40 +214,46 @@ def _group_by_module(paths: list[str], prefix: str) -> tuple[tuple[str, ...], ..
 
 def resolve_layers(unet: torch.nn.Module, image_size: int = 512, *,
                    vae_scale_factor: int = 8) -> tuple[str, str]:
-    """The feature layer and the modulation layer of a UNet, by structure.
+    """The feature layer and the modulation layer of a denoiser, by structure.
 
     Args:
-        unet: a diffusers ``UNet2DConditionModel`` (may live on the meta device).
+        unet: a diffusers ``UNet2DConditionModel`` or diffusion transformer (may live on the
+            meta device).
         image_size: side of the square input image in pixels.
         vae_scale_factor: pixels per latent cell (8 for SD's VAE, 1 in pixel space).
 
     Returns:
-        ``(feature_layer, modulation_layer)``: the first cross-attention layer of the first and
-        of the third (or last, if fewer) attention module of the lowest-resolution up block with
-        cross-attention, e.g. ``("up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        ``(feature_layer, modulation_layer)``. For a UNet: the first cross-attention layer of the
+        first and of the third (or last, if fewer) attention module of the lowest-resolution up
+        block with cross-attention, e.g. ``("up_blocks.1.attentions.0.transformer_blocks.0.attn2",
         "up_blocks.1.attentions.2.transformer_blocks.0.attn2")`` for SD 1.x/2.x (the paper's
         layers) and ``("up_blocks.0.attentions.0.transformer_blocks.0.attn2",
         "up_blocks.0.attentions.2.transformer_blocks.0.attn2")`` for SDXL (our choice: the same
-        modules, each holding ten transformer blocks there; docs/architectures.md).
+        modules, each holding ten transformer blocks there; docs/architectures.md). For a
+        transformer: the cross-attention of block ``num_layers // 2`` for both (our choice,
+        e.g. ``transformer_blocks.14.attn2`` of a 28-block stack).
 
     Raises:
         ValueError: no such block, or ``image_size`` does not divide into whole feature cells.
     """
-    block = find_semantic_block(unet)
+    geometry = geometry_of(unet)
+    geometry.semantic_block()  # refuses a denoiser without one before the size is checked
     check_image_size(unet, image_size, vae_scale_factor)
-    modules = block.attention_modules
-    return modules[0][0], modules[min(2, len(modules) - 1)][0]
+    return geometry.default_layers()
 
 
-def check_image_size(unet: torch.nn.Module, image_size: int, vae_scale_factor: int) -> None:
-    """Raises ValueError unless the image side is a positive multiple of the UNet's total stride."""
-    down_blocks = unet.down_blocks
-    stride = vae_scale_factor * 2 ** sum(getattr(b, "downsamplers", None) is not None
-                                         for b in down_blocks)
+def check_image_size(unet: torch.nn.Module, image_size: int, vae_scale_factor: int, *,
+                     geometry=None) -> None:
+    """Raises ValueError unless the image side is a positive multiple of the denoiser's total
+    stride (VAE factor x UNet downsampling, or x patch size). ``geometry``: the model
+    architecture's (``model.architecture.geometry(model)``); None: by the denoiser's
+    structure."""
+    stride = vae_scale_factor * (geometry or geometry_of(unet)).stride
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 \
             or image_size % stride:
         raise ValueError(f"image_size must be a positive multiple of {stride} for this model "
-                         f"(VAE factor {vae_scale_factor} x UNet stride), got {image_size!r}")
+                         f"(VAE factor {vae_scale_factor} x denoiser stride), got "
+                         f"{image_size!r}")
 
 
 def validate_layer(unet: torch.nn.Module, name: str, *, argument: str) -> None:
@@ -125,22 +263,13 @@ def validate_layer(unet: torch.nn.Module, name: str, *, argument: str) -> None:
     module = dict(unet.named_modules()).get(name)
     if not isinstance(module, Attention) or not module.is_cross_attention:
         block = find_semantic_block(unet)
-        raise ValueError(f"{argument}={name!r} is not a cross-attention layer of this UNet; "
+        raise ValueError(f"{argument}={name!r} is not a cross-attention layer of this model; "
                          f"expected a module path such as {block.cross_attention_layers[0]!r} "
                          f"(cross-attention layers of {block.block_name}: "
                          f"{list(block.cross_attention_layers)})")
 
 
 def layer_downsample(unet: torch.nn.Module, name: str) -> int:
-    """Latent cells per token of layer ``name`` along one side (4 for SD's 16x16 layers)."""
-    ups = [getattr(b, "upsamplers", None) is not None for b in unet.up_blocks]
-    downs = [getattr(b, "downsamplers", None) is not None for b in unet.down_blocks]
-    parts = name.split(".")
-    if parts[0] == "down_blocks":
-        return 2 ** sum(downs[:int(parts[1])])
-    if parts[0] == "mid_block":
-        return 2 ** sum(downs)
-    if parts[0] == "up_blocks":
-        return 2 ** sum(downs) // 2 ** sum(ups[:int(parts[1])])
-    raise ValueError(f"cannot place layer {name!r} in the UNet; expected a path under "
-                     f"down_blocks, mid_block or up_blocks")
+    """Latent cells per token of layer ``name`` along one side (4 for SD's 16x16 layers, the
+    patch size for a transformer)."""
+    return geometry_of(unet).layer_downsample(name)

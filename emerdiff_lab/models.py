@@ -1,12 +1,12 @@
 """Loading a diffusion model into the one object every EmerDiff function takes.
 
 One code path for every source: a named offline model (``"tiny"``, ``"tiny-sdxl"``,
-``"toyworld"``, ...), a Hugging Face hub id, a local diffusers folder, or a pipeline the user
-already holds (SD 1.x/2.x or SDXL; :mod:`emerdiff_lab.architectures`). The model object and the
-device, dtype and scheduler helpers live in :mod:`emerdiff_lab.core` and are re-exported here.
-Named models register themselves with :func:`emerdiff_lab.core.register_model`; this module
-imports their modules at its end only so that the registrations have happened once
-``emerdiff_lab`` is imported.
+``"tiny-pixart"``, ``"toyworld"``, ...), a Hugging Face hub id, a local diffusers folder, or a
+pipeline the user already holds (SD 1.x/2.x, SDXL or PixArt-α/Σ;
+:mod:`emerdiff_lab.architectures`). The model object and the device, dtype and scheduler
+helpers live in :mod:`emerdiff_lab.core` and are re-exported here. Named models register
+themselves with :func:`emerdiff_lab.core.register_model`; this module imports their modules at
+its end only so that the registrations have happened once ``emerdiff_lab`` is imported.
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ def load_model(
     hub_timeout: float = HUB_TIMEOUT,
     empty_prompt: str | None = None,
 ) -> EmerDiffModel:
-    """Loads a Stable Diffusion (1.x, 2.x, XL) model (hub id or local diffusers folder) or a
-    named offline model.
+    """Loads a Stable Diffusion (1.x, 2.x, XL) or PixArt (α, Σ) model (hub id or local diffusers
+    folder) or a named offline model.
 
     Args:
         model_id: a named offline model (``"tiny"``: SD 1.x layout, ``"tiny-sdxl"``: SDXL
-            layout, both random weights; ``"toyworld"``, ``"toyworld-latent"``: trained here),
+            layout, ``"tiny-pixart"``: PixArt-α layout, all random weights; ``"toyworld"``,
+            ``"toyworld-latent"``: trained here),
             a hub id such as ``"CompVis/stable-diffusion-v1-4"``,
             ``"stabilityai/stable-diffusion-2-1-base"`` or
             ``"stabilityai/stable-diffusion-xl-base-1.0"``, or the path of a folder written by a
@@ -236,8 +237,9 @@ def _dtype_keyword() -> str:
 
 def from_pipeline(pipe, *, model_id: str | None = None, revision: str | None = None,
                   empty_prompt: str | None = None) -> EmerDiffModel:
-    """Wraps a loaded diffusers ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``
-    without changing it.
+    """Wraps a loaded diffusers ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``,
+    ``PixArtAlphaPipeline`` or ``PixArtSigmaPipeline`` without changing it (a PixArt
+    pipeline's ``transformer`` goes into the model's ``unet`` field).
 
     The pipeline keeps its own scheduler (EmerDiff builds a ``DDIMScheduler`` from its config)
     and attention processors (EmerDiff installs its own only for the length of a call and restores
@@ -246,17 +248,17 @@ def from_pipeline(pipe, *, model_id: str | None = None, revision: str | None = N
     :func:`load_model`).
     """
     if getattr(pipe, "scheduler", None) is None:
-        raise ValueError(f"from_pipeline expects a diffusers StableDiffusionPipeline or "
-                         f"StableDiffusionXLPipeline with a 'scheduler' component; got "
-                         f"{type(pipe).__name__}")
+        raise ValueError(f"from_pipeline expects a diffusers StableDiffusionPipeline, "
+                         f"StableDiffusionXLPipeline or PixArt pipeline with a 'scheduler' "
+                         f"component; got {type(pipe).__name__}")
     architecture = architectures.for_pipeline(pipe, empty_prompt)
     parts = architecture.components(pipe)
     device = torch.device(getattr(pipe, "_execution_device", None) or pipe.device)
     if model_id is None:
         model_id = getattr(pipe.config, "_name_or_path", None) or "pipeline"
-    scheduler = ddpm_scheduler_from_config(pipe.scheduler.config)
+    scheduler = architecture.scheduler(pipe.scheduler.config)
     return EmerDiffModel(
-        **parts, scheduler=scheduler, device=device, dtype=pipe.unet.dtype,
+        **parts, scheduler=scheduler, device=device, dtype=parts["unet"].dtype,
         default_config=architecture.default_config(scheduler), model_id=str(model_id),
         revision=revision, random_weights=False, architecture=architecture,
     )
@@ -264,8 +266,9 @@ def from_pipeline(pipe, *, model_id: str | None = None, revision: str | None = N
 
 # Named offline models register themselves with core.register_model when their module is
 # imported; importing them here (after everything above exists) makes load_model("tiny"),
-# ("tiny-sdxl"), ("toyworld") and ("toyworld-latent") available once emerdiff_lab is imported.
-from . import tiny, tiny_sdxl  # noqa: E402, F401
+# ("tiny-sdxl"), ("tiny-pixart"), ("toyworld") and ("toyworld-latent") available once
+# emerdiff_lab is imported.
+from . import tiny, tiny_pixart, tiny_sdxl  # noqa: E402, F401
 from .toyworld import latent_model as _toyworld_latent, model as _toyworld  # noqa: E402, F401
 
 _tiny_components_cpu = tiny.tiny_components_cpu  # the name tests and scripts used before

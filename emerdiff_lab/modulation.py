@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from .config import EmerDiffConfig
 from .features import layer_names
 from .inversion import Inversion, ddpm_step, inversion_schedule, reconstruct, unet_predict
-from .layers import layer_downsample
 from .core import EmerDiffModel
 from .processors import (INJECT_FROM_FIRST, INJECT_NONE, INJECT_RECORD, INJECT_REPLAY,
                          AttentionControl, installed_processors)
@@ -57,7 +56,7 @@ def region_grid_size(model: EmerDiffModel, inversion: Inversion,
                      cfg: EmerDiffConfig) -> tuple[int, int]:
     """(h, w) of the modulation layer's token grid, which every region must match."""
     _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
-    stride = layer_downsample(model.unet, modulation_layer)
+    stride = model.architecture.geometry(model).layer_downsample(modulation_layer)
     latent_h, latent_w = inversion.latents.shape[-2:]
     return latent_h // stride, latent_w // stride
 
@@ -132,10 +131,11 @@ def reference_pass_nbytes(model: EmerDiffModel, inversion: Inversion,
     latent_h, latent_w = inversion.latents.shape[-2:]
     prompt_tokens = inversion.prompt_embeds.shape[1]
     values = 0
+    geometry = model.architecture.geometry(model)
     for key in model.unet.attn_processors:
         name = key.removesuffix(".processor")
         attn = model.unet.get_submodule(name)
-        stride = layer_downsample(model.unet, name)
+        stride = geometry.layer_downsample(name)
         queries = (latent_h // stride) * (latent_w // stride)
         keys = prompt_tokens if attn.is_cross_attention else queries
         values += attn.heads * queries * keys
@@ -365,16 +365,17 @@ def _reconstruction_latent(model, inversion, start):
 def auto_batch_size(model: EmerDiffModel, inversion: Inversion, num_elements: int) -> int:
     """Elements per modulated-denoising UNet call (reference included), from free memory.
 
-    A rough estimate of activation memory per element (scaled from the UNet's widest
-    full-resolution layer) against 60% of free CUDA memory; 16 elsewhere. An out-of-memory error
-    halves it and retries, so the estimate only has to be in the right range.
+    A rough estimate of activation memory per element (the architecture's layer geometry:
+    scaled from a UNet's widest full-resolution layer, or a transformer block's hidden states
+    and attention probabilities) against 60% of free CUDA memory; 16 elsewhere. An
+    out-of-memory error halves it and retries, so the estimate only has to be in the right
+    range.
     """
     wanted = num_elements + 1
     if model.device.type != "cuda":
         return max(2, min(wanted, 16))
     free, _ = torch.cuda.mem_get_info(model.device)
-    latent_cells = inversion.latents.shape[-2] * inversion.latents.shape[-1]
-    width = model.unet.config.block_out_channels[0]
     bytes_per_value = torch.finfo(model.dtype).bits // 8
-    per_element = 64 * latent_cells * width * bytes_per_value
+    per_element = model.architecture.geometry(model).activation_bytes(
+        *inversion.latents.shape[-2:], bytes_per_value)
     return max(2, min(wanted, int(0.6 * free) // per_element))
