@@ -261,12 +261,18 @@ def test_from_pipeline_leaves_the_pipeline_as_it_was(pixart, image, fast_cfg):
         edl.from_pipeline(bare)
 
 
-def test_save_pretrained_then_load_model_round_trip(tmp_path, pixart, image):
-    tiny_pixart_pipeline().save_pretrained(tmp_path / "pixart")
+@pytest.mark.parametrize("pipeline, variant", [("PixArtAlphaPipeline", "alpha"),
+                                               ("PixArtSigmaPipeline", "sigma")])
+def test_save_pretrained_then_load_model_round_trip(tmp_path, pixart, image, pipeline, variant):
+    tiny_pixart_pipeline(pipeline=pipeline).save_pretrained(tmp_path / "pixart")
     index = json.loads((tmp_path / "pixart" / "model_index.json").read_text())
-    assert index["_class_name"] == "PixArtAlphaPipeline"
+    assert index["_class_name"] == pipeline
     loaded = edl.load_model(str(tmp_path / "pixart"), device="cpu", local_files_only=True)
     assert isinstance(loaded.architecture, PixArt) and not loaded.random_weights
+    assert loaded.architecture.variant == variant
+    if variant == "sigma":  # 300 T5 tokens instead of 120: the rest is α's
+        loaded.architecture = PixArt("alpha")
+        loaded._prompt_cache.clear()
     assert loaded.default_config == pixart.default_config.replace(num_masks=30)
     assert edl.inversion.schedule(loaded, 50).tolist()[:2] == [981, 961]
     assert_close(loaded.prompt_embeds("a cat"), pixart.prompt_embeds("a cat"), rel=1e-6)
@@ -281,3 +287,25 @@ def test_architecture_arguments_are_checked():
     with pytest.raises(ValueError, match="max_sequence_length"):
         PixArt("sigma", max_sequence_length=0)
     assert PixArt("sigma").max_sequence_length == 300
+
+
+# -- PixArt-XL-2's transformer on the meta device
+
+@pytest.mark.parametrize("sample_size, image_size, grid, size_inputs",
+                         [(128, 1024, 64, True), (128, 512, 32, True), (64, 512, 32, False)])
+def test_real_pixart_layers_on_the_meta_device(sample_size, image_size, grid, size_inputs):
+    """diffusers' defaults of PixArtTransformer2DModel are PixArt-XL-2's (28 blocks, 16 heads x
+    72, patch 2, learned variance); T5-XXL's 4096 caption channels added. sample_size 128 is the
+    1024 px model (α takes size inputs there), 64 the 512 px one."""
+    from diffusers import PixArtTransformer2DModel
+
+    with torch.device("meta"):
+        transformer = PixArtTransformer2DModel(caption_channels=4096, sample_size=sample_size)
+    assert edl.resolve_layers(transformer, image_size) == ("transformer_blocks.14.attn2",) * 2
+    block = find_semantic_block(transformer)
+    assert block.feature_size(image_size, 8) == grid
+    assert len(block.cross_attention_layers) == 28  # the explorer's layer menu
+    attn = dict(transformer.named_modules())["transformer_blocks.14.attn2"]
+    assert attn.to_q.out_features == 1152 and attn.is_cross_attention
+    assert transformer.use_additional_conditions is size_inputs
+    assert transformer.config.out_channels == 2 * transformer.config.in_channels
