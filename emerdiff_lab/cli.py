@@ -124,9 +124,10 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = "tin
     """--model, --device, --dtype, --revision, --local-files-only: shared by every subcommand."""
     parser.add_argument("--model", default=default_model,
                         help="an offline model: 'toyworld' (trained, 64 px generated scenes), "
-                             "'tiny' or 'tiny-sdxl' (random weights: mechanics only); a hub id "
-                             "such as CompVis/stable-diffusion-v1-4 or "
-                             "stabilityai/stable-diffusion-xl-base-1.0; or a local diffusers "
+                             "'tiny', 'tiny-sdxl' or 'tiny-pixart' (random weights: mechanics "
+                             "only); a hub id such as CompVis/stable-diffusion-v1-4, "
+                             "stabilityai/stable-diffusion-xl-base-1.0 or "
+                             "PixArt-alpha/PixArt-XL-2-1024-MS; or a local diffusers "
                              f"folder (default: {default_model})")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

@@ -80,9 +80,10 @@ class EmerDiffModel:
     """A latent (or pixel-space) diffusion model ready for EmerDiff.
 
     Attributes:
-        unet: the ``UNet2DConditionModel``.
+        unet: the denoiser: a ``UNet2DConditionModel``, or a diffusion transformer
+            (PixArt's ``PixArtTransformer2DModel``) under the same field name.
         vae: the ``AutoencoderKL``, or None for a pixel-space model (images are their own latents).
-        text_encoder, tokenizer: the (first) CLIP text encoder and its tokenizer.
+        text_encoder, tokenizer: the (first) CLIP text encoder and its tokenizer (PixArt: T5).
         scheduler: a ``DDIMScheduler`` built from the model's own scheduler config. Stepped with
             ``eta=1`` it is the DDPM sampler with SD's end condition (``set_alpha_to_one=False``).
             Only its configuration and alpha-bars are read (see :mod:`emerdiff_lab.schedule`).
@@ -131,7 +132,8 @@ class EmerDiffModel:
     @property
     def native_image_size(self) -> int:
         """The image side the model was trained at: 512 for SD 1.x, 768 for SD 2.x-768,
-        1024 for SDXL, 256 for the tiny model, 64 for ToyWorld."""
+        1024 for SDXL and PixArt-XL-2-1024, 256 for the tiny model, 64 for ToyWorld and
+        tiny-pixart."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
