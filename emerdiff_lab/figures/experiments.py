@@ -79,7 +79,8 @@ def emerdiff_maps(ctx: FigureContext, example: Example, cfg=None, *, model=None,
     cfg = cfg or ctx.cfg
     model = model or ctx.model
     weights = ctx.weights if model is ctx.model else weights_fingerprint(model)
-    path = ctx.cache_dir / f"{_cache_key(weights, cfg, example.image)}.npz"
+    key = _cache_key(weights, _resolved(model, cfg, ctx.image_size), example.image)
+    path = ctx.cache_dir / f"{key}.npz"
     if path.is_file():
         with np.load(path) as stored:
             return Maps(torch.from_numpy(stored["lowres"]), torch.from_numpy(stored["raw_maps"]),
@@ -216,7 +217,7 @@ def ablation_settings(ctx: FigureContext) -> list[tuple[str, str, dict]]:
     k = cfg.num_masks
     masks = (first_other([k // 2, 2 * k], k) if quick and k >= 4 else [2 * k] if quick
              else [v for v in (10, 20, 30, 40) if v <= cells // 2])
-    t_f = snap(first_other(snap([261, 101]), cfg.feature_timestep) if quick
+    t_f = snap(first_other(snap([101, 261]), cfg.feature_timestep) if quick
                else [101, 261, 501, 761])
     t_m = snap(first_other(snap([281, 481]), cfg.modulation_timestep) if quick
                else [81, 181, 281, 381, 481, 681, 881])
@@ -253,13 +254,18 @@ def ablation_settings(ctx: FigureContext) -> list[tuple[str, str, dict]]:
     return settings
 
 
-def _is_default(ctx, cfg) -> bool:
+def _resolved(model, cfg, image_size: int):
+    """``cfg`` with its layers named (None -> the model's default), so that a setting that names
+    the default layer is recognised as the default (and shares its cached maps)."""
     from ..features import layer_names
 
-    def resolved(c):
-        layers = layer_names(ctx.model, c, ctx.image_size)
-        return c.replace(feature_layer=layers[0], modulation_layer=layers[1])
-    return resolved(cfg) == resolved(ctx.cfg)
+    feature_layer, modulation_layer = layer_names(model, cfg, image_size)
+    return cfg.replace(feature_layer=feature_layer, modulation_layer=modulation_layer)
+
+
+def _is_default(ctx, cfg) -> bool:
+    return _resolved(ctx.model, cfg, ctx.image_size) == _resolved(ctx.model, ctx.cfg,
+                                                                  ctx.image_size)
 
 
 def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
