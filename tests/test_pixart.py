@@ -227,10 +227,16 @@ def test_segment_end_to_end_and_processors_restored(pixart, fast_cfg, image):
     assert all(pixart.unet.attn_processors[k] is before[k] for k in before)
 
 
-def test_vae_runs_in_float32_where_float16_would_overflow(pixart):
-    half = edl.models.EmerDiffModel(**{**pixart.__dict__, "dtype": torch.float16})
+def test_vae_runs_in_float32_where_float16_would_overflow(pixart, image):
+    half = edl.models.EmerDiffModel(**{**pixart.__dict__, "_prompt_cache": {}, "_derived": {},
+                                       "vae": tiny_pixart_pipeline().vae.half(),
+                                       "dtype": torch.float16})
     assert half.vae.config.force_upcast  # diffusers' default, and SDXL's VAE (PixArt-Σ) sets it
     assert half.architecture.vae_dtype(half) == torch.float32
+    latents = half.encode(image[None])
+    assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+    assert half.decode(latents).shape == (1, 3, 64, 64)
+    assert next(half.vae.parameters()).dtype == torch.float16  # the user's VAE is not cast
     assert pixart.architecture.vae_dtype(pixart) == torch.float32
 
 
