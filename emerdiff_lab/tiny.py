@@ -39,6 +39,25 @@ _TEXT_WIDTH = 32
 _MAX_TOKENS = 77
 
 
+def build_tiny_vae(**config):
+    """The tiny models' VAE: an 8x ``AutoencoderKL`` (4 latent channels, widths 16-32) with
+    random weights drawn from torch's current random state; ``config`` overrides e.g.
+    ``scaling_factor`` or ``force_upcast`` (the SDXL and PixArt miniatures copy theirs)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        **config,
+    )
+
+
 def build_tiny_components(seed: int = 0) -> dict:
     """Builds the tiny model's parts on the CPU in float32 with seeded random weights.
 
@@ -47,7 +66,7 @@ def build_tiny_components(seed: int = 0) -> dict:
         ``text_encoder`` (CLIPTextModel, width 32), ``tokenizer`` (CLIPTokenizer, 514 tokens) and
         ``scheduler_config`` (dict). The same seed gives bit-identical weights.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.random.fork_rng(devices=[]):
@@ -64,16 +83,7 @@ def build_tiny_components(seed: int = 0) -> dict:
             cross_attention_dim=_TEXT_WIDTH,
             norm_num_groups=16,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=16,
-        )
+        vae = build_tiny_vae()
         tokenizer = _byte_level_clip_tokenizer()
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer),

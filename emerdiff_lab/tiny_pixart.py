@@ -22,6 +22,7 @@ import torch
 from .architectures import PixArt
 from .config import EmerDiffConfig
 from .core import EmerDiffModel, moved, register_model
+from .tiny import build_tiny_vae
 
 MODEL_ID = "tiny-pixart"
 
@@ -76,7 +77,7 @@ def build_tiny_pixart_components(seed: int = 0) -> dict:
         character T5 tokenizer) and ``scheduler_config``. The same seed gives bit-identical
         weights.
     """
-    from diffusers import AutoencoderKL, PixArtTransformer2DModel
+    from diffusers import PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     tokenizer = _character_t5_tokenizer()
@@ -101,17 +102,7 @@ def build_tiny_pixart_components(seed: int = 0) -> dict:
         with torch.no_grad():
             transformer.proj_out.weight.mul_(_OUTPUT_SCALE)
             transformer.proj_out.bias.mul_(_OUTPUT_SCALE)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=16,
-            scaling_factor=0.18215,  # PixArt-α uses SD's VAE
-        )
+        vae = build_tiny_vae(scaling_factor=0.18215)  # PixArt-α uses SD's VAE
         text_encoder = T5EncoderModel(T5Config(
             vocab_size=len(tokenizer), d_model=_T5_WIDTH, d_kv=8, d_ff=2 * _T5_WIDTH,
             num_layers=2, num_heads=4, relative_attention_num_buckets=8,

@@ -20,7 +20,7 @@ import torch
 
 from .config import EmerDiffConfig
 from .core import EmerDiffModel, ddpm_scheduler_from_config, moved, register_model
-from .tiny import _byte_level_clip_tokenizer
+from .tiny import _byte_level_clip_tokenizer, build_tiny_vae
 
 MODEL_ID = "tiny-sdxl"
 
@@ -55,7 +55,7 @@ def build_tiny_sdxl_components(seed: int = 0) -> dict:
         ``tokenizer``, ``tokenizer_2`` (byte-level CLIP tokenizers) and ``scheduler_config``.
         The same seed gives bit-identical weights.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection)
 
     tokenizer = _byte_level_clip_tokenizer()
@@ -87,18 +87,7 @@ def build_tiny_sdxl_components(seed: int = 0) -> dict:
             projection_class_embeddings_input_dim=6 * _TIME_EMBED + _PROJECTION,
             norm_num_groups=16,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=16,
-            scaling_factor=0.13025,  # SDXL's VAE
-            force_upcast=True,
-        )
+        vae = build_tiny_vae(scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE scaling
         text_encoder = CLIPTextModel(text_config(_WIDTH_1))
         text_encoder_2 = CLIPTextModelWithProjection(text_config(_WIDTH_2,
                                                                  projection_dim=_PROJECTION))
