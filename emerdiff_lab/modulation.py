@@ -294,37 +294,37 @@ def _denoise_batched(model, inversion, offsets, modulation_layer, start, cfg):
 
     Returns latents (1 + n, C, h, w): element 0 is the unmodulated reference.
     """
-    batch = offsets.shape[0] + 1
     offsets = torch.cat([torch.zeros_like(offsets[:1]), offsets])
     injection = INJECT_FROM_FIRST if cfg.attention_injection else INJECT_NONE
-    control = AttentionControl(offset_placement=cfg.offset_placement, injection=injection)
-    layers = None if cfg.attention_injection else [modulation_layer]
-    current = inversion.latents[start:start + 1].expand(batch, -1, -1, -1)
-    with installed_processors(model.unet, layers, control):
-        for i in range(start, len(inversion.timesteps)):
-            t = int(inversion.timesteps[i])
-            control.offsets = {modulation_layer: offsets} if i == start else {}
-            prediction = unet_predict(model, current, torch.full((batch,), t),
-                                      inversion.condition)
-            current = ddpm_step(model, prediction, t, current,
-                                inversion.noise[i:i + 1].expand(batch, -1, -1, -1),
-                                inversion_schedule(model, inversion))
-    return current
+    return _denoise_modulated(model, inversion, offsets, modulation_layer, start, cfg, injection)
 
 
 def _denoise_replayed(model, inversion, offsets, modulation_layer, cfg, reference):
     """Denoises len(offsets) modulated copies, replaying the recorded reference pass:
     (n, C, h, w)."""
+    injection = INJECT_REPLAY if reference.injection else INJECT_NONE
+    return _denoise_modulated(model, inversion, offsets, modulation_layer,
+                              inversion.index_of(reference.timestep), cfg, injection,
+                              reference.probabilities)
+
+
+def _denoise_modulated(model, inversion, offsets, modulation_layer, start, cfg, injection,
+                       recorded=None):
+    """Denoises len(offsets) copies of the stored latent at step ``start``, each given its
+    offset (tokens, 1) at that step only, in one batch per step: (n, C, h, w).
+
+    ``injection`` is a processor mode; ``recorded`` holds, per step, the probabilities that
+    ``INJECT_REPLAY`` applies. Without injection only the modulated layer's processor changes.
+    """
     batch = offsets.shape[0]
-    start = inversion.index_of(reference.timestep)
-    control = AttentionControl(offset_placement=cfg.offset_placement,
-                               injection=INJECT_REPLAY if reference.injection else INJECT_NONE)
-    layers = None if reference.injection else [modulation_layer]
+    control = AttentionControl(offset_placement=cfg.offset_placement, injection=injection)
+    layers = [modulation_layer] if injection == INJECT_NONE else None
     current = inversion.latents[start:start + 1].expand(batch, -1, -1, -1)
     with installed_processors(model.unet, layers, control):
         for step, i in enumerate(range(start, len(inversion.timesteps))):
             t = int(inversion.timesteps[i])
-            control.recorded = reference.probabilities[step]
+            if recorded is not None:
+                control.recorded = recorded[step]
             control.offsets = {modulation_layer: offsets} if i == start else {}
             prediction = unet_predict(model, current, torch.full((batch,), t),
                                       inversion.condition)
