@@ -133,8 +133,9 @@ def compare_methods(ctx: FigureContext, examples: list[Example], control=None, *
 
     Returns:
         ``(per_image, per_class, labels)``: a DataFrame with one row per (image, method):
-        image, seed, method, miou, weights, cfg_seed; a DataFrame with one row per (image,
-        method, class present in the image): class, name, iou (Hungarian-matched); and
+        image, seed (the scene's), method, weights (:func:`weights_fingerprint`), cfg_seed,
+        miou; a DataFrame with one row per (image, method, class present in the image): the
+        same columns with class, name, iou (Hungarian-matched) instead of miou; and
         {image name: {method: (S, S) labels}} for plotting.
     """
     from tqdm.auto import tqdm
@@ -149,9 +150,9 @@ def compare_methods(ctx: FigureContext, examples: list[Example], control=None, *
         present = [c for c in example.labels.unique().tolist() if c != 255]
         for method, pred in labels[example.name].items():
             result = hungarian_miou(pred, example.labels, num_classes=num_classes)
-            base = {"image": example.name, "seed": example.seed, "method": method}
-            rows.append(base | {"miou": result.miou, "weights": ctx.weights,
-                                "cfg_seed": ctx.cfg.seed})
+            base = {"image": example.name, "seed": example.seed, "method": method,
+                    "weights": ctx.weights, "cfg_seed": ctx.cfg.seed}
+            rows.append(base | {"miou": result.miou})
             class_rows += [base | {"class": c, "name": class_names[c] if class_names else str(c),
                                    "iou": float(result.iou[c])} for c in present]
     return pd.DataFrame(rows), pd.DataFrame(class_rows), labels
