@@ -122,7 +122,8 @@ def load_row(image_path: Path, out: Path, stem: str | None = None) -> DemoRow:
     from PIL import Image
 
     from .assembly import upsample_bilinear
-    from .figures import miou, resize_labels
+    from .evaluation.datasets import label_to_model
+    from .evaluation.metrics import hungarian_miou
     from .images import load_image, open_image
     from .segmentation import Segmentation
 
@@ -134,12 +135,13 @@ def load_row(image_path: Path, out: Path, stem: str | None = None) -> DemoRow:
     label_path = labels_for(image_path)
     if label_path is not None:
         with Image.open(label_path) as labels:
-            truth = resize_labels(torch.from_numpy(np.asarray(labels).astype(np.int64)), size)
+            truth = torch.from_numpy(label_to_model(np.asarray(labels).astype(np.int64), size))
     return DemoRow(
         name=stem or image_path.stem, image=image, lowres=seg.lowres_labels, naive=naive,
         emerdiff=seg.model_labels, truth=truth,
-        naive_miou=None if truth is None else miou(naive, truth),
-        emerdiff_miou=None if truth is None else miou(seg.model_labels, truth))
+        naive_miou=None if truth is None else float(hungarian_miou(naive, truth).miou),
+        emerdiff_miou=None if truth is None else float(hungarian_miou(seg.model_labels,
+                                                                      truth).miou))
 
 
 def score_table(rows: list[DemoRow]) -> str:

@@ -95,7 +95,7 @@ class PerturbationSession:
         """``labels``: optional (H, W) class ids of ``image`` (255 = ignore); cropped and resized
         (nearest) the way the image is, so that the segmentation can be scored."""
         from .features import extract_features, kmeans_masks, layer_names
-        from .figures import resize_labels
+        from .evaluation.datasets import label_to_model
         from .images import load_image
         from .inversion import invert
         from .layers import find_semantic_block
@@ -107,7 +107,7 @@ class PerturbationSession:
         self.image = load_image(image, image_size)
         self.image_size = image_size
         self.labels = None if labels is None else \
-            resize_labels(torch.as_tensor(np.asarray(labels)).long(), image_size)
+            torch.from_numpy(label_to_model(np.asarray(labels).astype(np.int64), image_size))
         self.features = extract_features(model, self.image, self.cfg)
         self.lowres = kmeans_masks(self.features, k=self.cfg.num_masks, seed=self.cfg.seed,
                                    normalization=self.cfg.feature_normalization).cpu()
@@ -247,9 +247,9 @@ class PerturbationSession:
         return view
 
     def _miou(self, labels: torch.Tensor) -> float | None:
-        from .figures import miou
+        from .evaluation.metrics import hungarian_miou
 
-        return None if self.labels is None else miou(labels, self.labels)
+        return None if self.labels is None else float(hungarian_miou(labels, self.labels).miou)
 
 
 class Explorer:

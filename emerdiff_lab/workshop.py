@@ -197,9 +197,9 @@ def cell_pixels(cell: tuple[int, int], size: int = 64, grid: int = 16) -> torch.
 # --------------------------------------------------------------------- measured by the lesson
 def miou(pred, truth) -> float:
     """Per-image Hungarian mIoU in [0, 1] (``emerdiff_lab.evaluation.metrics``)."""
-    from .figures import miou as hungarian
+    from .evaluation.metrics import hungarian_miou
 
-    return hungarian(torch.as_tensor(pred), torch.as_tensor(truth))
+    return float(hungarian_miou(torch.as_tensor(pred), torch.as_tensor(truth)).miou)
 
 
 def nearest(lowres: torch.Tensor, size: int) -> torch.Tensor:

@@ -251,16 +251,6 @@ def test_toyworld_data_follows_the_model_and_photos_are_flagged(tmp_path):
     assert figures.PHOTO_ON_TOYWORLD in flagged.title("Gallery", examples)
 
 
-def test_resize_labels_is_the_evaluation_label_geometry():
-    from emerdiff_lab.evaluation.datasets import label_to_model
-
-    labels = torch.zeros(4, 8, dtype=torch.int64)
-    labels[:, 2:6] = 1                      # the centre square is all 1
-    assert (figures.resize_labels(labels, 2) == 1).all()
-    odd = torch.arange(35 * 50).reshape(35, 50) % 7
-    assert np.array_equal(figures.resize_labels(odd, 16).numpy(), label_to_model(odd.numpy(), 16))
-
-
 def test_voc_examples_read_labels(voc14):
     example = figures.voc_examples(voc14, 64, 1)[0]
     assert example.image.shape == (3, 64, 64)

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..evaluation.metrics import hungarian_miou
 from .context import (
     PHOTO_ON_TOYWORLD,
@@ -23,7 +21,6 @@ from .context import (
     find_voc14,
     labelled_examples,
     photo_examples,
-    resize_labels,
     scene_examples,
     setup,
     voc_examples,
@@ -64,13 +61,6 @@ from .runner import (
 )
 
 
-def miou(pred, gt) -> float:
-    """``hungarian_miou(pred, gt).miou``, the one mIoU of the project, under its older name
-    (kept for callers written before; new code calls
-    :func:`emerdiff_lab.evaluation.metrics.hungarian_miou`)."""
-    return float(np.float64(hungarian_miou(pred, gt).miou))
-
-
 __all__ = [
     "COLOUR", "CONTROL", "EMERDIFF", "Example", "FigureContext", "MASKS", "METHODS", "Maps",
     "NAIVE", "NOTEBOOKS", "NOTEBOOKS_DIR", "NotebookRun", "PHOTO_ON_TOYWORLD",
@@ -78,7 +68,7 @@ __all__ = [
     "_current_python_kernel", "ablation_conclusions", "ablation_settings", "ablation_table",
     "class_names", "compare_methods", "conclusions", "emerdiff_maps", "failure_stats",
     "find_voc14", "hungarian_miou", "labelled_examples", "method_labels", "method_summary",
-    "miou", "notebook_parameters", "paired_to_default", "photo_examples", "random_control",
-    "register", "resize_labels", "run_notebooks", "scene_examples", "select_notebooks",
+    "notebook_parameters", "paired_to_default", "photo_examples", "random_control",
+    "register", "run_notebooks", "scene_examples", "select_notebooks",
     "select_showcase", "setup", "voc_examples", "weights_fingerprint",
 ]

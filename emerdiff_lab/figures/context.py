@@ -278,12 +278,3 @@ def scene_examples(size: int, count: int, first: int = 0, *,
         examples.append(Example(f"test+{i}", image, torch.as_tensor(labels).long(),
                                 "toyworld test scenes", seed))
     return examples
-
-
-def resize_labels(labels, size: int) -> torch.Tensor:
-    """Ground truth (H, W) -> (size, size) int64 through the model's geometry; the same as
-    :func:`emerdiff_lab.evaluation.datasets.label_to_model` (kept for older callers)."""
-    from ..evaluation.datasets import label_to_model
-
-    array = labels.cpu().numpy() if hasattr(labels, "cpu") else np.asarray(labels)
-    return torch.from_numpy(label_to_model(array.astype(np.int64), size))
