@@ -107,12 +107,13 @@ def record_reference(model: EmerDiffModel, inversion: Inversion,
     injection = bool(cfg.attention_injection)
     control = AttentionControl(injection=INJECT_RECORD if injection else INJECT_NONE)
     current, probabilities = inversion.latents[start:start + 1], []
+    schedule = inversion_schedule(model, inversion)
     with installed_processors(model.unet, None if injection else [], control):
         for i in range(start, len(inversion.timesteps)):
             t = int(inversion.timesteps[i])
             prediction = unet_predict(model, current, torch.tensor([t]), inversion.condition)
             current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1],
-                                inversion_schedule(model, inversion))
+                                schedule)
             probabilities.append(control.recorded)
             control.recorded = {}
     return ReferencePass(inversion=inversion, timestep=int(cfg.modulation_timestep),
@@ -320,6 +321,7 @@ def _denoise_modulated(model, inversion, offsets, modulation_layer, start, cfg, 
     control = AttentionControl(offset_placement=cfg.offset_placement, injection=injection)
     layers = [modulation_layer] if injection == INJECT_NONE else None
     current = inversion.latents[start:start + 1].expand(batch, -1, -1, -1)
+    schedule = inversion_schedule(model, inversion)
     with installed_processors(model.unet, layers, control):
         for step, i in enumerate(range(start, len(inversion.timesteps))):
             t = int(inversion.timesteps[i])
@@ -330,7 +332,7 @@ def _denoise_modulated(model, inversion, offsets, modulation_layer, start, cfg, 
                                       inversion.condition)
             current = ddpm_step(model, prediction, t, current,
                                 inversion.noise[i:i + 1].expand(batch, -1, -1, -1),
-                                inversion_schedule(model, inversion))
+                                schedule)
     return current
 
 
@@ -340,6 +342,7 @@ def _denoise_plain(model, inversion, offset, modulation_layer, start, cfg):
     layers = None if cfg.attention_injection else [modulation_layer]
     reference = inversion.latents[start:start + 1]
     modulated = reference
+    schedule = inversion_schedule(model, inversion)
     with installed_processors(model.unet, layers, control):
         for i in range(start, len(inversion.timesteps)):
             t = torch.tensor([int(inversion.timesteps[i])])
@@ -348,12 +351,12 @@ def _denoise_plain(model, inversion, offset, modulation_layer, start, cfg):
                 control.offsets, control.injection = {}, INJECT_RECORD
                 prediction = unet_predict(model, reference, t, inversion.condition)
                 reference = ddpm_step(model, prediction, int(t), reference, noise,
-                                      inversion_schedule(model, inversion))
+                                      schedule)
                 control.injection = INJECT_REPLAY
             control.offsets = {modulation_layer: offset} if i == start else {}
             prediction = unet_predict(model, modulated, t, inversion.condition)
             modulated = ddpm_step(model, prediction, int(t), modulated, noise,
-                                  inversion_schedule(model, inversion))
+                                  schedule)
             control.recorded = {}
     return modulated
 
