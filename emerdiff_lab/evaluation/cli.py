@@ -57,9 +57,8 @@ def register(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..io import check_free_space, prepare_output_dir
     from .datasets import open_dataset
-    from .runner import evaluate, make_state
+    from .runner import close_process_group, make_state
 
     check_args_before_work(args)
     if args.limit is not None and args.limit < 1:
@@ -74,6 +73,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
                            ignore_index=args.ignore_index, num_classes=args.num_classes,
                            class_names=names)
     state = make_state(args.device)
+    try:
+        return _evaluate_in_state(args, dataset, state)
+    finally:
+        close_process_group()
+
+
+def _evaluate_in_state(args: argparse.Namespace, dataset, state) -> int:
+    """The part of ``run_evaluate`` that runs inside the (possibly distributed) ``state``."""
+    from ..io import check_free_space, prepare_output_dir
+    from .runner import evaluate
+
     if state.is_main_process:
         prepare_output_dir(args.out)
         # A record holds about four S x S label maps; a full disk fails before the first one.
