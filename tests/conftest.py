@@ -12,6 +12,11 @@ from pathlib import Path
 # No test may wait on a network that is not there.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Under pytest-xdist (`make test` runs two workers) each worker gets one torch thread unless told
+# otherwise: two workers of two threads on 2 cores spin-wait on each other (OpenMP), and the
+# suite's results do not depend on the thread count (tests/README.md).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -16,6 +16,7 @@ def load_script(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_bench_segment_times_both_paths_and_renders_a_row(tmp_path, capsys):
     out = tmp_path / "tiny.json"
     load_script("bench_segment").main(["--model", "tiny", "--image-size", "64", "--num-masks", "2",

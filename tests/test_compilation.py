@@ -12,6 +12,7 @@ def fast_cfg(tiny_model):
     return tiny_model.default_config.replace(num_inference_steps=10, modulation_timestep=301)
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_eager_maps(tiny_model, fast_cfg):
     """aot_eager runs dynamo and AOT autograd on every compiled region (graph breaks or
     guards that misfire would show here) without slow code generation."""

@@ -140,6 +140,7 @@ def test_other_settings_on_same_out_are_refused(tiny_model, small_cfg, dataset, 
         runner.evaluate(tiny_model, dataset, small_cfg, out, protocols=("open-vocab",))
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_equal_one(scenes, reference, tmp_path):
     ref_out, ref_summary = reference
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -218,6 +219,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "ADEChallengeData2016" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_voc14_run_completes(voc14, tmp_path, capsys):
     from emerdiff_lab.cli import main
 

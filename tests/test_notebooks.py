@@ -369,6 +369,7 @@ def test_compare_methods_scores_every_method_per_image_and_class(tmp_path):
     assert len(list(ctx.cache_dir.glob("*.npz"))) == 2
 
 
+@pytest.mark.slow
 def test_runner_runs_notebooks_side_by_side_and_rejects_bad_jobs(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()

@@ -115,6 +115,7 @@ def test_sample_shape_range_and_seed(toyworld):
         sample(toyworld, 0)
 
 
+@pytest.mark.slow
 def test_recorded_evaluation_reproduces(toyworld):
     """Re-runs the first scenes of the model card's table for both models."""
     from emerdiff_lab.toyworld.evaluation import METHODS, evaluate

@@ -223,6 +223,7 @@ def test_overlay_blends_the_difference_map_over_the_image(explorer):
     assert explorer.diff_view.value == plain
 
 
+@pytest.mark.slow
 def test_explorer_benchmark_runs_and_records_the_median(tmp_path, tiny_model, monkeypatch):
     import importlib.util
     import json
