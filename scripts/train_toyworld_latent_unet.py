@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None,
+                   help="train: start a fresh run from the ``unet.*`` weights of this file (e.g. a "
+                        "UNet trained on an earlier VAE's latents) instead of random weights")
     p.add_argument("--export", type=Path, default=None,
                    help="train: also write the final weight file here")
     return p.parse_args(argv)
@@ -132,6 +135,11 @@ def train(args) -> None:
     vae, scaling = load_vae(args.vae)
     context = condition()                                        # (1, 77, 32)
     unet = build_unet(args.seed).train()
+    if args.init is not None:
+        from safetensors.torch import load_file
+
+        unet.load_state_dict({k[5:]: v.float() for k, v in load_file(args.init).items()
+                              if k.startswith("unet.")})
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     alphas_cumprod = DDIMScheduler.from_config(SCHEDULER_CONFIG).alphas_cumprod.float()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
