@@ -18,6 +18,7 @@ from emerdiff_lab.toyworld import (
     sample,
 )
 from emerdiff_lab.toyworld.model import WEIGHTS_PATH
+from tolerances import LATENT_REL, assert_close
 
 RECORDED = Path(__file__).resolve().parents[1] / "emerdiff_lab" / "toyworld" / "recorded_eval.json"
 # Scenes of the recorded table re-run here, and how far their mean may drift from the record.
@@ -29,6 +30,23 @@ TOLERANCE = 0.03
 @pytest.fixture(scope="module")
 def toyworld():
     return load_toyworld(device="cpu")
+
+
+def test_channels_last_on_cpu_predicts_what_the_contiguous_layout_predicts(toyworld):
+    """ToyWorld's loader stores the UNet channels-last on a CPU (faster there, BENCHMARKS.md);
+    the prediction must be the contiguous layout's up to the reduction order."""
+    unet = toyworld.unet
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    latents = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    embeds = toyworld.prompt_embeds("").expand(3, -1, -1)
+    with torch.no_grad():
+        nhwc = unet(latents, 481, encoder_hidden_states=embeds).sample
+        unet.to(memory_format=torch.contiguous_format)
+        try:
+            nchw = unet(latents, 481, encoder_hidden_states=embeds).sample
+        finally:
+            unet.to(memory_format=torch.channels_last)
+    assert_close(nhwc, nchw, rel=LATENT_REL, what="noise prediction")
 
 
 def test_scene_is_deterministic_and_exactly_labelled():
