@@ -334,6 +334,13 @@ def test_ablation_settings_cover_every_sweep_and_stay_valid(tiny_model, quick, s
         values = [c for n, _, c in settings if n == sweep]
         assert len(values) >= 2, f"{sweep} has a single value"
         assert any(_is_default(ctx, cfg.replace(**c)) for c in values), f"{sweep} lacks the default"
+    # Notebooks 05 and 09 split the sweeps between them: together every one, none twice.
+    tables = figures.ablation_settings(ctx, part="tables")
+    rest = figures.ablation_settings(ctx, part="layers_and_choices")
+    assert tables and rest and sorted(map(str, tables + rest)) == sorted(map(str, settings))
+    assert {n for n, _, _ in rest} == {n for n in names if "F14" in n or "ours" in n}
+    with pytest.raises(ValueError, match="part must be"):
+        figures.ablation_settings(ctx, part="T4")
 
 
 def test_paired_to_default_and_conclusions_come_from_the_per_image_rows():

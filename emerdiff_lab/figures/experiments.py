@@ -187,7 +187,15 @@ def conclusions(per_image: pd.DataFrame, reference: str = EMERDIFF, metric: str 
 
 
 # ------------------------------------------------------------------------------------ ablations
-def ablation_settings(ctx: FigureContext) -> list[tuple[str, str, dict]]:
+# Which sweeps each ablation notebook runs, by the tag in the sweep's name. Two notebooks rather
+# than one so that `make figures --jobs 2` can run the two halves of the work side by side.
+ABLATION_PARTS = {
+    "tables": ("T4", "T5", "T6", "T7", "T8", "T9"),       # notebook 05: the paper's tables
+    "layers_and_choices": ("F14", "ours"),               # notebook 09: Figure 14 and our choices
+}
+
+
+def ablation_settings(ctx: FigureContext, part: str = "all") -> list[tuple[str, str, dict]]:
     """The sweeps as (ablation, value label, config changes), the default included in each.
 
     Paper: number of masks (Table 4), t_f (Table 6), t_m (Table 7), lambda (Table 8),
@@ -195,8 +203,20 @@ def ablation_settings(ctx: FigureContext) -> list[tuple[str, str, dict]]:
     sigma, map normalisation (post-processing only: free) and feature normalisation. Full mode
     uses the paper's ranges (and the feature layer of Table 5); quick mode (CPU) one alternative
     per sweep, chosen to be informative and cheap, so that 12 scenes fit the time budget.
-    Timesteps are snapped onto the config's schedule.
+    Timesteps are snapped onto the config's schedule. ``part``: "all", or a key of
+    :data:`ABLATION_PARTS` ("tables": Tables 4-9; "layers_and_choices": Figure 14 and ours).
     """
+    if part != "all" and part not in ABLATION_PARTS:
+        raise ValueError(f"part must be 'all' or one of {sorted(ABLATION_PARTS)}, got {part!r}")
+    settings = _all_ablation_settings(ctx)
+    if part == "all":
+        return settings
+    tags = tuple(f"({tag})" for tag in ABLATION_PARTS[part])
+    return [s for s in settings if s[0].endswith(tags)]
+
+
+def _all_ablation_settings(ctx: FigureContext) -> list[tuple[str, str, dict]]:
+    """Every sweep of :func:`ablation_settings`, in the order of the paper's tables."""
     from ..inversion import schedule
     from ..layers import find_semantic_block
 
