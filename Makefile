@@ -37,7 +37,7 @@ SIZE_ARGS = $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) $(if $(NUM_MASKS),--n
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-# The engine's invariant tests, which .ci/run repeats with one thread and with torch's portable
+# The engine's invariant tests, which .ci/run repeats with two threads and with torch's portable
 # CPU kernels (ATEN_CPU_CAPABILITY=default) to catch results that hold on one CPU only.
 ENGINE_TESTS = tests/test_inversion.py tests/test_modulation.py tests/test_segment.py \
 	tests/test_layers.py tests/test_processors.py tests/test_tolerances.py
