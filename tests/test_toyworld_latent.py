@@ -80,10 +80,10 @@ def test_latents_have_about_unit_variance_and_decode(model):
     assert 0.5 < float(latent.std()) < 2.0
     decoded = model.decode(latent)
     assert decoded.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
-    # A reconstruction, if a poor one (the VAE is at about 15 dB, see MODEL_CARD.md): closer to
-    # the image than the image's own mean colour is (measured 0.154 against 0.193).
+    # A reconstruction far closer to the image than the image's own mean colour is (measured
+    # L1 0.047 against 0.193; the VAE trained at lr 1e-3 got 0.154, worse than 0.5 x 0.193).
     mean_colour = pixels.mean((2, 3), keepdim=True)
-    assert float((decoded - pixels).abs().mean()) < 0.9 * float((pixels - mean_colour).abs().mean())
+    assert float((decoded - pixels).abs().mean()) < 0.5 * float((pixels - mean_colour).abs().mean())
 
 
 def test_layers_resolved_by_structure_at_16x16(model):
