@@ -15,8 +15,8 @@ TORCH_SPEC ?= torch==2.13.0
 # MODEL: toyworld (the project's own small trained model: offline, 64 px synthetic scenes),
 # tiny (random weights, mechanics only), or a hub id / diffusers folder with real weights.
 # Unset, both use toyworld: `make figures` runs every notebook on ToyWorld's held-out test scenes
-# (quick mode on a CPU). Measured from an empty cache on 2 CPU cores shared with other jobs:
-# 14.4 and 21.2 min (1,426 and 1,655 CPU s), over the 10 min aim; per notebook in docs/notebooks.md.
+# (quick mode on a CPU). Measured from an empty cache on 2 quiet CPU cores: 12.5 min (1,314 CPU s),
+# over the 10 min aim; per notebook in docs/notebooks.md.
 MODEL ?=
 DEMO_MODEL = $(or $(MODEL),toyworld)
 FIGURES_MODEL = $(or $(MODEL),toyworld)
