@@ -420,8 +420,8 @@ def close_process_group() -> None:
 
     Each process calls it once it has no collective left: a process that exits with its gloo
     group still alive may abort in the C++ teardown (SIGABRT, "terminate called without an active
-    exception", seen on about one torchrun run in twenty on CPU), which torchrun reports as a
-    failed run although every record and the summary were written.
+    exception", seen now and then under torchrun on CPU), which torchrun reports as a failed run
+    although every record and the summary were written.
     """
     import torch.distributed as dist
 
