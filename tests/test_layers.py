@@ -29,7 +29,7 @@ def test_sd14_layers(sd14_unet_config, image_size):
     assert modulation == "up_blocks.1.attentions.2.transformer_blocks.0.attn2"
     block = find_semantic_block(unet)
     assert block.feature_size(image_size, 8) == image_size // 32  # 16x16 at 512, 24x24 at 768
-    # the query of the feature layer is 1280 wide, as METHOD.md says for SD 1.x
+    # the query of the feature layer is 1280 wide, as docs/method.md says for SD 1.x
     assert dict(unet.named_modules())[feature].to_q.out_features == 1280
 
 

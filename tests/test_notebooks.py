@@ -332,15 +332,23 @@ def test_ablation_settings_cover_every_sweep_and_stay_valid(tiny_model, quick, s
         assert any(part in n for n in names), part
     assert any("T5" in n for n in names) is not quick
     cells = (size // 32) ** 2                        # tiny: 8x VAE, 4x UNet downsampling
-    on_schedule = set(schedule(tiny_model, cfg.num_inference_steps).tolist())
+    # Quick mode sweeps on a coarser schedule than the model's, the default included.
+    base = ctx.ablation_cfg
+    assert base.num_inference_steps == (figures.QUICK_ABLATION_STEPS if quick
+                                        else cfg.num_inference_steps)
+    assert (ctx.ablation_note != "") is quick
+    on_schedule = set(schedule(tiny_model, base.num_inference_steps).tolist())
+    assert {base.feature_timestep, base.modulation_timestep} <= on_schedule
     for name, value, changes in settings:
-        cfg.replace(**changes)                       # every setting is a valid config
+        base.replace(**changes)                      # every setting is a valid config
         assert changes.get("num_masks", 1) <= cells, (name, value)
-        assert changes.get("modulation_timestep", 281) in on_schedule, (name, value)
+        for key in ("feature_timestep", "modulation_timestep"):
+            assert changes.get(key, getattr(base, key)) in on_schedule, (name, value)
     for sweep in names:
         values = [c for n, _, c in settings if n == sweep]
         assert len(values) >= 2, f"{sweep} has a single value"
-        assert any(_is_default(ctx, cfg.replace(**c)) for c in values), f"{sweep} lacks the default"
+        assert any(_is_default(ctx, base.replace(**c)) for c in values), \
+            f"{sweep} lacks the default"
     # Notebooks 05 and 09 split the sweeps between them: together every one, none twice.
     tables = figures.ablation_settings(ctx, part="tables")
     rest = figures.ablation_settings(ctx, part="layers_and_choices")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..evaluation.metrics import hungarian_miou
 from .context import (
     PHOTO_ON_TOYWORLD,
+    QUICK_ABLATION_STEPS,
     QUICK_IMAGE_SIZE,
     QUICK_MAX_MASKS,
     SMOKE_IMAGES,
@@ -64,7 +65,7 @@ from .runner import (
 __all__ = [
     "COLOUR", "CONTROL", "EMERDIFF", "Example", "FigureContext", "MASKS", "METHODS", "Maps",
     "NAIVE", "NOTEBOOKS", "NOTEBOOKS_DIR", "NotebookRun", "PHOTO_ON_TOYWORLD",
-    "QUICK_IMAGE_SIZE", "QUICK_MAX_MASKS", "SMOKE_IMAGES", "Showcase",
+    "QUICK_ABLATION_STEPS", "QUICK_IMAGE_SIZE", "QUICK_MAX_MASKS", "SMOKE_IMAGES", "Showcase",
     "_current_python_kernel", "ablation_conclusions", "ablation_settings", "ablation_table",
     "class_names", "compare_methods", "conclusions", "emerdiff_maps", "failure_stats",
     "find_voc14", "hungarian_miou", "labelled_examples", "method_labels", "method_summary",

@@ -10,6 +10,7 @@ title and the notebook's output carry :data:`PHOTO_ON_TOYWORLD`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -26,6 +27,13 @@ QUICK_MAX_MASKS = 8
 SMOKE_IMAGES = 2
 SMOKE_MAX_MASKS = 3
 SMOKE_INFERENCE_STEPS = 10
+# Quick mode (a CPU) runs the ablation sweeps of notebooks 05 and 09 on this coarser schedule, the
+# default setting included, so that each paired difference compares like with like. A denoising
+# from t_m then takes half the UNet calls of the models' 50-step default: on ToyWorld that is
+# what brings `make figures` within its 10 minutes on 2 cores (docs/notebooks.md has the
+# timings, and the 50- against 25-step scores of the same scenes). The other notebooks keep the
+# model's own schedule.
+QUICK_ABLATION_STEPS = 25
 PHOTO_ON_TOYWORLD = ("WARNING: photos given to ToyWorld, a model trained only on 64 px synthetic "
                      "scenes; these results say little")
 
@@ -60,6 +68,7 @@ class FigureContext:
     Attributes:
         model: the loaded :class:`~emerdiff_lab.EmerDiffModel`.
         cfg: its default config with the notebook's K and seed (and smoke mode's reductions).
+        ablation_cfg: the default the ablation sweeps vary (:attr:`ablation_cfg`).
         image_size: S, the side the model sees.
         quick: CPU mode (at most 128 px and 8 masks, short sweeps).
         smoke: CI mode (:data:`SMOKE_IMAGES` images per figure; numbers mean nothing).
@@ -90,6 +99,26 @@ class FigureContext:
         model_id = str(getattr(self.model, "model_id", ""))
         return model_id if model_id in ("toyworld", "toyworld-latent") else None
 
+    @functools.cached_property
+    def ablation_cfg(self):
+        """The default setting the ablation sweeps (notebooks 05, 09) vary and compare with:
+        ``cfg``, on a :data:`QUICK_ABLATION_STEPS`-step schedule in quick mode when ``cfg``'s
+        schedule is finer (its timesteps snapped onto it)."""
+        if self.quick and self.cfg.num_inference_steps > QUICK_ABLATION_STEPS:
+            return self.cfg.replace(**_coarser_schedule(self.model, self.cfg,
+                                                        QUICK_ABLATION_STEPS))
+        return self.cfg
+
+    @property
+    def ablation_note(self) -> str:
+        """What a reader of an ablation figure must know about its schedule: "" when the
+        sweeps use ``cfg``'s own, else e.g. "25-step schedule (quick mode; the model's: 50)"."""
+        steps = self.ablation_cfg.num_inference_steps
+        if steps == self.cfg.num_inference_steps:
+            return ""
+        return (f"{steps}-step schedule (quick mode; the model's: "
+                f"{self.cfg.num_inference_steps})")
+
     @property
     def cache_dir(self) -> Path:
         return self.out_dir / "executed" / "cache"
@@ -98,9 +127,12 @@ class FigureContext:
         """``wanted`` images, or :data:`SMOKE_IMAGES` in smoke mode."""
         return min(wanted, SMOKE_IMAGES) if self.smoke else wanted
 
-    def title(self, text: str, examples=()) -> str:
-        """``text`` plus n and the data's source; the photo-on-ToyWorld warning when it applies."""
+    def title(self, text: str, examples=(), note: str = "") -> str:
+        """``text`` plus n and the data's source; the photo-on-ToyWorld warning when it applies.
+        ``note`` (e.g. :attr:`ablation_note`), when not empty, goes on a line of its own."""
         examples = list(examples)
+        if note:
+            text = f"{text}\n{note}"
         if examples:
             sources = sorted({e.source for e in examples})
             text = f"{text} (n = {len(examples)} {', '.join(sources)})"

@@ -203,8 +203,10 @@ def ablation_settings(ctx: FigureContext, part: str = "all") -> list[tuple[str, 
     sigma, map normalisation (post-processing only: free) and feature normalisation. Full mode
     uses the paper's ranges (and the feature layer of Table 5); quick mode (CPU) one alternative
     per sweep, chosen to be informative and cheap, so that 12 scenes fit the time budget.
-    Timesteps are snapped onto the config's schedule. ``part``: "all", or a key of
-    :data:`ABLATION_PARTS` ("tables": Tables 4-9; "layers_and_choices": Figure 14 and ours).
+    Every setting varies ``ctx.ablation_cfg`` (in quick mode a coarser schedule than ``ctx.cfg``;
+    see :attr:`FigureContext.ablation_cfg`), and timesteps are snapped onto its schedule.
+    ``part``: "all", or a key of :data:`ABLATION_PARTS` ("tables": Tables 4-9;
+    "layers_and_choices": Figure 14 and ours).
     """
     if part != "all" and part not in ABLATION_PARTS:
         raise ValueError(f"part must be 'all' or one of {sorted(ABLATION_PARTS)}, got {part!r}")
@@ -220,7 +222,7 @@ def _all_ablation_settings(ctx: FigureContext) -> list[tuple[str, str, dict]]:
     from ..inversion import schedule
     from ..layers import find_semantic_block
 
-    cfg, quick = ctx.cfg, ctx.quick
+    cfg, quick = ctx.ablation_cfg, ctx.quick
     steps = schedule(ctx.model, cfg.num_inference_steps).tolist()
 
     def snap(values):
@@ -285,7 +287,7 @@ def _resolved(model, cfg, image_size: int):
 
 
 def _is_default(ctx, cfg) -> bool:
-    return _resolved(ctx.model, cfg, ctx.image_size) == _resolved(ctx.model, ctx.cfg,
+    return _resolved(ctx.model, cfg, ctx.image_size) == _resolved(ctx.model, ctx.ablation_cfg,
                                                                   ctx.image_size)
 
 
@@ -293,7 +295,8 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
                    progress: bool = True) -> pd.DataFrame:
     """Every setting of :func:`ablation_settings` on every example: one row per (ablation,
     value, image) with miou (EmerDiff), naive_miou (bilinear upsampling of that setting's
-    masks), is_default, seconds (0 when cached or post-processing only), seed, weights, cfg_seed.
+    masks), is_default, seconds (0 when cached or post-processing only), seed, weights, cfg_seed
+    and steps (the schedule's, ``ctx.ablation_cfg``'s).
 
     Work is shared: features per (layer, t_f, normalisation) and inversions per t_m are reused
     through ``segment``'s precomputed inputs; maps are cached on disk; blur and map
@@ -309,11 +312,12 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
     bar = tqdm(total=len(examples) * len(settings), desc="ablations", disable=not progress)
     # Last scene first: run beside notebook 04 (``--jobs 2``), which scores the same scenes
     # from the first on, the two meet in the middle and read each other's cached maps instead
-    # of computing the default setting twice. The rows come back in the examples' order.
+    # of computing the default setting twice (when both use the same schedule: not in quick
+    # mode, where the sweeps run on a coarser one). The rows come back in the examples' order.
     for example in reversed(examples):
         features, inversions = {}, {}
         for ablation, value, changes in settings:
-            cfg = ctx.cfg.replace(**changes)
+            cfg = ctx.ablation_cfg.replace(**changes)
             fkey = (cfg.feature_layer, cfg.feature_timestep, cfg.prompt)
             if fkey not in features:
                 features[fkey] = extract_features(ctx.model, example.image, cfg)
@@ -328,7 +332,8 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
                          "naive_miou": hungarian_miou(upsample_bilinear(
                              maps.lowres, ctx.image_size), example.labels).miou,
                          "is_default": _is_default(ctx, cfg), "seconds": round(maps.seconds, 3),
-                         "weights": ctx.weights, "cfg_seed": ctx.cfg.seed})
+                         "weights": ctx.weights, "cfg_seed": cfg.seed,
+                         "steps": cfg.num_inference_steps})
             bar.update()
     bar.close()
     order = {e.name: i for i, e in enumerate(examples)}
