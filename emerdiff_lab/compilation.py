@@ -24,11 +24,11 @@ def compile_model(model: EmerDiffModel, *, parts=COMPILABLE_PARTS, backend: str 
                   mode: str | None = None, dynamic: bool | None = None) -> EmerDiffModel:
     """Compiles ``parts`` of ``model`` in place with ``torch.compile`` and returns it.
 
-    Compilation happens lazily at each part's first call (43 s for the tiny model on a 2-core CPU:
-    time it apart from the runs it speeds up) and again for new shapes, until dynamo marks the
-    dimensions that change as dynamic. Outputs equal the eager model's up to floating-point
-    reassociation. Whether it pays depends on the device: on a 2-core CPU it did not (0.99x,
-    ``benchmarks/bench_compile.py``); on a GPU it is not yet measured.
+    Compilation happens lazily at each part's first call (tens of seconds: time it apart from
+    the runs it speeds up) and again for new shapes, until dynamo marks the dimensions that
+    change as dynamic. Outputs equal the eager model's up to floating-point reassociation.
+    Whether it pays depends on the device: ``benchmarks/bench_compile.py`` measures it, and
+    BENCHMARKS.md holds the results.
 
     Args:
         parts: any of ``"unet_resnets"`` (every ``ResnetBlock2D`` of the UNet) and

@@ -2,9 +2,8 @@
 scenes whose classes colour does not give away (:mod:`emerdiff_lab.toyworld.scenes256`).
 
 It is the issue's fallback size: 128 px images and a factor-4 VAE (the same 32 x 32 latents as
-256 px with factor 8). Measured on this shared CPU, a factor-8 VAE on 256 px scenes was still at
-the MSE of local mean colours (0.042, 13.8 dB; textures lost) after 350 steps and 11 minutes, with
-about an hour of CPU left for VAE and UNet together; a factor-4 VAE costs a quarter of the pixels
+256 px with factor 8), because a factor-8 VAE on 256 px scenes did not learn textures within the
+CPU time there was (MODEL_CARD.md, ToyWorld-latent); a factor-4 VAE costs a quarter of the pixels
 per latent cell and one level less.
 
 Architecture, SD 1.x's structure at small widths:
