@@ -10,7 +10,6 @@ title and the notebook's output carry :data:`PHOTO_ON_TOYWORLD`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -99,7 +98,7 @@ class FigureContext:
         model_id = str(getattr(self.model, "model_id", ""))
         return model_id if model_id in ("toyworld", "toyworld-latent") else None
 
-    @functools.cached_property
+    @property
     def ablation_cfg(self):
         """The default setting the ablation sweeps (notebooks 05, 09) vary and compare with:
         ``cfg``, on a :data:`QUICK_ABLATION_STEPS`-step schedule in quick mode when ``cfg``'s
