@@ -28,7 +28,7 @@ SMOKE_MAX_MASKS = 3
 SMOKE_INFERENCE_STEPS = 10
 # Quick mode (a CPU) runs the ablation sweeps of notebooks 05 and 09 on this coarser schedule, the
 # default setting included, so that each paired difference compares like with like. A denoising
-# from t_m then takes half the UNet calls of the models' 50-step default: on ToyWorld that is
+# from t_m then takes half the UNet calls of a 50-step default: on ToyWorld that is
 # what brings `make figures` within its 10 minutes on 2 cores (docs/notebooks.md has the
 # timings, and the 50- against 25-step scores of the same scenes). The other notebooks keep the
 # model's own schedule.
@@ -69,7 +69,7 @@ class FigureContext:
         cfg: its default config with the notebook's K and seed (and smoke mode's reductions).
         ablation_cfg: the default the ablation sweeps vary (:attr:`ablation_cfg`).
         image_size: S, the side the model sees.
-        quick: CPU mode (at most 128 px and 8 masks, short sweeps).
+        quick: CPU mode (at most 128 px and 8 masks, short sweeps on a coarser schedule).
         smoke: CI mode (:data:`SMOKE_IMAGES` images per figure; numbers mean nothing).
         out_dir: where figures go; ``out_dir/executed/cache`` holds computed maps.
         weights: :func:`weights_fingerprint` of the model, for CSV rows.
