@@ -16,8 +16,8 @@ TORCH_SPEC ?= torch==2.13.0
 # tiny (random weights, mechanics only), or a hub id / diffusers folder with real weights.
 # Unset, both use toyworld: `make figures` runs every notebook on ToyWorld's held-out test scenes
 # (quick mode on a CPU). Measured from an empty cache on 2 CPU cores with nothing else running:
-# 8 min 29 s and 8 min 31 s (about 990 CPU s; the budget is 10 min); per notebook in
-# docs/notebooks.md.
+# 8 min 29 s and 8 min 31 s (about 990 CPU s; the budget is 10 min), and 9 min 40 s from a fresh
+# clone, setup included; per notebook in docs/notebooks.md.
 MODEL ?=
 DEMO_MODEL = $(or $(MODEL),toyworld)
 FIGURES_MODEL = $(or $(MODEL),toyworld)
