@@ -7,9 +7,8 @@ Times one UNet call on ``--batch`` elements and one VAE decode of 4 latents, in 
 format, twice in alternation (best of 3 each time), on the full-size SD 1.4 architecture with
 random weights (cost does not depend on weight values); with ``--toyworld``, one whole
 ``segment`` of a held-out scene with the trained ToyWorld at its defaults. Prints a Markdown
-table. Channels-last
-is the layout that convolution kernels such as cuDNN's tensor-core ones prefer; EmerDiff uses
-it only if this shows that it pays.
+table. Channels-last is the layout that convolution kernels such as cuDNN's tensor-core ones
+prefer; EmerDiff uses it only if this shows that it pays.
 """
 
 from __future__ import annotations

@@ -242,18 +242,6 @@ def ddpm_scheduler_from_config(scheduler_config) -> object:
     return DDIMScheduler.from_config(config)
 
 
-def use_channels_last(*modules: torch.nn.Module | None) -> None:
-    """Stores the convolution weights of ``modules`` channels-last (NHWC), in place.
-
-    Whether it pays depends on the layer shapes and the CPU (measured in BENCHMARKS.md), so
-    each model's loader decides. Inputs may stay NCHW. The results are the same computation in
-    another reduction order, equal within the tolerances of tests/README.md.
-    """
-    for module in modules:
-        if module is not None:
-            module.to(memory_format=torch.channels_last)
-
-
 def moved(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """``module`` on ``device`` in ``dtype`` (in place, as ``Module.to``)."""
     module = module.to(device)

@@ -20,7 +20,7 @@ import torch
 
 from ..config import EmerDiffConfig
 from ..core import (EmerDiffModel, ddpm_scheduler_from_config, moved, register_model,
-                    resolve_device, resolve_dtype, use_channels_last)
+                    resolve_device, resolve_dtype)
 from ..tiny import SD_SCHEDULER_CONFIG
 
 IMAGE_SIZE = 64
@@ -179,7 +179,7 @@ def load_toyworld(device="cpu", dtype=torch.float32, *, weights: str | Path | No
     if random_weights:
         unet = build_unet(seed).eval().requires_grad_(False)
     if device.type == "cpu":  # its small convolutions run faster in NHWC there (BENCHMARKS.md)
-        use_channels_last(unet)
+        unet.to(memory_format=torch.channels_last)
     return EmerDiffModel(
         unet=moved(unet, device, dtype), vae=None,
         text_encoder=moved(text_encoder, device, dtype), tokenizer=tokenizer,
