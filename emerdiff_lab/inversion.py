@@ -10,6 +10,7 @@ from batched UNet calls.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,11 @@ from .core import EmerDiffModel
 from .images import model_pixels
 from .layers import check_image_size
 from .schedule import DDPMSchedule, ddpm_schedule
+
+
+# Called after every denoiser call made in this context (thread): how a
+# :class:`emerdiff_lab.session.Session` counts the denoising steps done for its progress callback.
+UNET_CALL_OBSERVER: ContextVar = ContextVar("unet_call_observer", default=None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +136,9 @@ def unet_predict(model: EmerDiffModel, latents: torch.Tensor, timesteps: torch.T
     """
     latents = latents.to(model.device, model.dtype)
     out = model.architecture.predict(model, latents, timesteps.to(model.device), prompt_embeds)
+    observer = UNET_CALL_OBSERVER.get()
+    if observer is not None:
+        observer()
     return out.float()
 
 
