@@ -5,12 +5,11 @@ reads, and reused by every later setting that does not change them.
     for cfg in configs:                                    # any sweep is a loop over configs
         seg = session.segment(cfg)                         # == segment(model, image, cfg)
 
-Stages and their keys are the table :data:`emerdiff_lab.config.STAGE_SETTINGS` (layer names
-resolved first, so None and the named default layer share entries; ``batch_size`` and
-``decode_batch_size`` are never keys). One inversion per (steps, prompt, seed) serves every t_m
-up to the deepest asked so far; a deeper t_m inverts again, to that depth, and drops the
-reference passes recorded on the shallower trajectory. The batched, the plain ("reference") and
-the replayed single-region paths have separate entries.
+Stage keys: :data:`emerdiff_lab.config.STAGE_SETTINGS` (layers resolved first; ``batch_size``
+and ``decode_batch_size`` never keys). One inversion per (steps, prompt, seed) serves every t_m up
+to the deepest asked so far; a deeper t_m inverts again, to that depth, dropping the reference
+passes recorded on the old trajectory. Batched, plain ("reference") and replayed single-region
+paths have separate entries.
 
 API (every ``cfg`` defaults to the session's ``cfg``, itself ``model.default_config``):
 
@@ -44,10 +43,7 @@ main thread draws; ``cache_info`` and ``is_cached`` take only a short lock on th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -64,6 +60,7 @@ from .assembly import prepare_maps
 from .config import EmerDiffConfig, stage_key
 from .images import check_model_size, labels_to_original, prepare_image
 from .layers import check_image_size
+from .map_store import MapStore
 from .segmentation import Intermediates, Segmentation, check_segment_settings, provenance
 
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -87,14 +84,14 @@ class Session:
         check_image_size(model.unet, self.image_size, model.vae_scale_factor)
         self.prepared = prepare_image(image, self.image_size)
         self.pixels = self.prepared.pixels
-        self.labels_truth = None
+        self.truth = None
         if labels is not None:
             from .evaluation.datasets import label_to_model
 
-            self.labels_truth = torch.from_numpy(label_to_model(
+            self.truth = torch.from_numpy(label_to_model(
                 np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64), self.image_size))
         self.max_bytes = int(max_bytes)
-        self.store = None if store is None else Path(store)
+        self.store = None if store is None else MapStore(store)
         self._weights = weights
         self.on_progress = on_progress
         self.progress_bars = progress_bars
@@ -169,13 +166,12 @@ class Session:
         """Hungarian mIoU of (S, S) ``labels`` against the session's labels (None without)."""
         from .evaluation.metrics import hungarian_miou
 
-        if self.labels_truth is None:
+        if self.truth is None:
             return None
-        return float(hungarian_miou(labels, self.labels_truth).miou)
+        return float(hungarian_miou(labels, self.truth).miou)
 
     # ------------------------------------------------------------------------------ stages
-    def latent(self) -> torch.Tensor:
-        """(C, h, w) the image's latent, encoded once."""
+    def latent(self) -> torch.Tensor:  # (C, h, w), encoded once
         with self._request(0):
             return self._memo(("latent",), lambda: self.model.encode(self.pixels[None])[0])
 
@@ -212,7 +208,8 @@ class Session:
             trajectory = _inversion.invert(
                 self.model, self.pixels, cfg.replace(modulation_timestep=depth),
                 latent=self.latent(), progress=self.progress_bars)
-            self._drop(lambda k: k[0] == "reference_pass" and k[1:1 + len(key) - 1] == key[1:])
+            with self._table:
+                self._drop_references(key)
             self._store(key, trajectory, "inversion")
             return trajectory
 
@@ -241,11 +238,9 @@ class Session:
         key = ("raw_maps", path) + stage_key("raw_maps", r)
         with self._request(lambda: 0 if self._has(key) else self._plan_maps(r, path)):
             held = self._lookup(key)
+            held = held if held is not None else self._read_store(key, r)
             if held is not None:
                 return held
-            stored = self._read_store(key, r)
-            if stored is not None:
-                return stored
             lowres, trajectory = self.masks(r), self.inversion(r)
             maps = _modulation.pixel_change_maps(self.model, trajectory, lowres, r, path=path,
                                                  progress=self.progress_bars)
@@ -356,8 +351,7 @@ class Session:
             self._entries.clear()
 
     def _has(self, key) -> bool:
-        with self._table:
-            return key in self._entries
+        return key in self._entries    # one dict lookup: atomic under the GIL
 
     def _lookup(self, key):
         with self._table:
@@ -385,14 +379,13 @@ class Session:
                     sum(n for _, n in self._entries.values()) > self.max_bytes:
                 old, _ = self._entries.popitem(last=False)
                 if old[0] == "inversion":   # its reference passes are tied to it
-                    for k in [k for k in self._entries if k[0] == "reference_pass"
-                              and k[1:len(old)] == old[1:]]:
-                        del self._entries[k]
+                    self._drop_references(old)
 
-    def _drop(self, which) -> None:
-        with self._table:
-            for key in [k for k in self._entries if which(k)]:
-                del self._entries[key]
+    def _drop_references(self, inversion_key: tuple) -> None:
+        """Forgets the reference passes recorded on that trajectory (table lock held)."""
+        for key in [k for k in self._entries if k[0] == "reference_pass"
+                    and k[1:len(inversion_key)] == inversion_key[1:]]:
+            del self._entries[key]
 
     def _region_key(self, region: torch.Tensor, r: EmerDiffConfig, path: str) -> tuple:
         packed = np.packbits(region.numpy()).tobytes()
@@ -414,35 +407,20 @@ class Session:
             from .figures.context import weights_fingerprint
 
             self._weights = weights_fingerprint(self.model)
-        settings = [list(item) if isinstance(item, tuple) else item for item in key]
-        digest = hashlib.sha256(json.dumps(
-            [settings, self._weights, str(self.model.dtype), str(self.model.device),
-             self.image_size], default=str).encode())
-        digest.update(self.pixels.detach().float().cpu().contiguous().numpy().tobytes())
-        return self.store / f"maps-{digest.hexdigest()[:24]}.npz"
+        return self.store.path(key, self._weights, self.model, self.pixels)
 
     def _read_store(self, key: tuple, r: EmerDiffConfig):
-        if self.store is None:
+        stored = None if self.store is None else self.store.read(self._store_path(key))
+        if stored is None:
             return None
-        path = self._store_path(key)
-        if not path.is_file():
-            return None
-        with np.load(path) as stored:
-            lowres = torch.from_numpy(stored["lowres"])
-            maps = torch.from_numpy(stored["raw_maps"])
+        lowres, maps = stored
         self._store(("masks",) + stage_key("masks", r), lowres, None)
         self._store(key, maps, None)
         return maps
 
     def _write_store(self, key: tuple, lowres: torch.Tensor, maps: torch.Tensor) -> None:
-        if self.store is None:
-            return
-        path = self._store_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written under a temporary name and renamed: a killed run never leaves a truncated entry
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, lowres=lowres.cpu().numpy(), raw_maps=maps.cpu().numpy())
-        os.replace(tmp, path)
+        if self.store is not None:
+            self.store.write(self._store_path(key), lowres, maps)
 
     # -------------------------------------------------------------------------- progress
     @contextmanager
@@ -480,7 +458,7 @@ class Session:
         return len(steps) - steps.index(int(cfg.modulation_timestep))
 
     def _plan_features(self, r: EmerDiffConfig) -> int:
-        return 0 if self._has(("features",) + stage_key("features", r)) else 1
+        return int(not self._has(("features",) + stage_key("features", r)))
 
     def _plan_inversion(self, cfg: EmerDiffConfig, depth: int | None = None) -> int:
         cfg = cfg if depth is None else cfg.replace(modulation_timestep=int(depth))

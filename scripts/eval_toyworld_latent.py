@@ -145,12 +145,14 @@ def run_table(args) -> None:
 
 
 def run_sweep(args) -> None:
-    """Validation scenes: EmerDiff over t_m x lambda (shared inversions), blur sigma and map
-    normalisation applied to the same raw maps; mask mIoU over the feature layers."""
+    """Validation scenes: EmerDiff over t_m x lambda x blur sigma x map normalisation, a loop
+    over configs on one Session per scene (one inversion to the deepest t_m; blur and
+    normalisation re-assemble the same raw maps); mask mIoU over the feature layers."""
     import emerdiff_lab as edl
-    from emerdiff_lab.assembly import prepare_maps, upsample_bilinear
-    from emerdiff_lab.layers import find_semantic_block
+    from emerdiff_lab.assembly import upsample_bilinear
     from emerdiff_lab.evaluation.metrics import hungarian_miou
+    from emerdiff_lab.layers import find_semantic_block
+    from emerdiff_lab.session import Session
     from emerdiff_lab.toyworld.evaluation import nearest_upsample
 
     model = load_toyworld_latent(weights=args.weights)
@@ -168,19 +170,18 @@ def run_sweep(args) -> None:
     blurs = (1.0, 2.0, 4.0, 8.0)
     scores: dict = {}
     for i in range(args.n):
-        lowres = edl.kmeans_masks(edl.extract_features(model, pixels[i], base),
-                                  k=base.num_masks, seed=base.seed)
-        scores.setdefault("naive", []).append(hungarian_miou(upsample_bilinear(lowres, IMAGE_SIZE),
-                                                         labels[i]).miou)
-        inversion = edl.invert(model, pixels[i], base, progress=False)
+        session = Session(model, pixels[i], cfg=base, image_size=IMAGE_SIZE)
+        # the deepest t_m first: one trajectory serves every t_m of the grid
+        session.inversion(base, depth=max(t_m for t_m, _ in grid))
+        scores.setdefault("naive", []).append(hungarian_miou(upsample_bilinear(
+            session.masks(base), IMAGE_SIZE), labels[i]).miou)
         for t_m, lam in grid:
-            raw = edl.pixel_change_maps(model, inversion, lowres, base.replace(
-                modulation_timestep=t_m, modulation_strength=lam), progress=False)
+            cfg = base.replace(modulation_timestep=t_m, modulation_strength=lam)
             for blur in blurs:
                 for norm in (False, True):
                     key = f"t_m={t_m} lambda={lam} blur={blur} norm={norm}"
-                    scores.setdefault(key, []).append(
-                        hungarian_miou(prepare_maps(raw, blur, norm).argmax(0), labels[i]).miou)
+                    scores.setdefault(key, []).append(hungarian_miou(session.labels(
+                        cfg.replace(blur_sigma=blur, normalize_maps=norm)), labels[i]).miou)
         print(f"scene {i + 1}/{args.n} done", flush=True)
     report["emerdiff"] = {k: float(np.mean(v)) for k, v in scores.items()}
     for key, value in sorted(report["emerdiff"].items(), key=lambda kv: -kv[1]):

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..assembly import assemble
 from ..baselines import nearest_upsample, upsample_bilinear
 from ..config import EmerDiffConfig
 from ..evaluation.metrics import hungarian_miou
-from ..segmentation import segment
+from ..session import Session
 from .scenes import HELDOUT_SEED_START, generate_batch
 
 METHODS = ("masks", "naive", "emerdiff", "emerdiff_norm")
@@ -49,14 +48,13 @@ def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor,
         cfg: EmerDiff settings (``normalize_maps`` is ignored: both variants are scored).
     """
     size = pixels.shape[-1]
-    seg = segment(model, pixels, cfg, image_size=size, original_size=False, progress=False,
-                  keep_intermediates=True)
-    raw = seg.intermediates.raw_maps
+    session = Session(model, pixels, cfg=cfg, image_size=size)
+    lowres = session.masks(cfg)
     predictions = {
-        "masks": nearest_upsample(seg.lowres_labels, size),
-        "naive": upsample_bilinear(seg.lowres_labels, size),
-        "emerdiff": assemble(raw, cfg.blur_sigma, normalize=False),
-        "emerdiff_norm": assemble(raw, cfg.blur_sigma, normalize=True),
+        "masks": nearest_upsample(lowres, size),
+        "naive": upsample_bilinear(lowres, size),
+        "emerdiff": session.labels(cfg.replace(normalize_maps=False)),
+        "emerdiff_norm": session.labels(cfg.replace(normalize_maps=True)),
     }
     return {name: hungarian_miou(pred, labels).miou for name, pred in predictions.items()}
 
