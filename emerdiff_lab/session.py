@@ -265,7 +265,8 @@ class Session:
         cfg = cfg or self.cfg
         r = self.resolved(cfg)
         check_segment_settings(self.model, r, self.image_size)
-        with self._request(lambda: self._plan_maps(r, path) + self._plan_features(r)):
+        # the maps' plan counts the features when it needs the masks; else they may still be due
+        with self._request(lambda: self._plan_maps(r, path) or self._plan_features(r)):
             raw, lowres, features = self.raw_maps(r, path), self.masks(r), self.features(r)
             maps = prepare_maps(raw, r.blur_sigma, r.normalize_maps)
             model_labels = maps.argmax(dim=0)
