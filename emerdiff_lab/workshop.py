@@ -247,29 +247,14 @@ def setting_scores(model, images: torch.Tensor, labels: torch.Tensor, settings: 
 
     Returns:
         {"naive": [...], name: [...] for each setting}, one mIoU per scene; "naive" upsamples
-        ``cfg``'s masks. Each scene is one :class:`emerdiff_lab.session.Session`: every
-        setting reuses the stages it does not change (one inversion to the deepest t_m).
+        ``cfg``'s masks (:func:`emerdiff_lab.toyworld.evaluation.config_scores`: one
+        session per scene, every setting reusing the stages it does not change).
     """
-    from tqdm.auto import tqdm
-
-    from .assembly import upsample_bilinear
-    from .session import Session
+    from .toyworld.evaluation import config_scores
 
     cfg = cfg or model.default_config
     configs = {name: cfg.replace(**changes) for name, changes in settings.items()}
-    scores = {"naive": [], **{name: [] for name in configs}}
-    bar = tqdm(total=len(images) * len(configs), desc="segment", disable=not progress)
-    for image, truth in zip(images, labels):
-        session = Session(model, image, cfg=cfg, image_size=image.shape[-1])
-        # the deepest t_m first: its trajectory serves every other setting
-        session.inversion(cfg, depth=max(c.modulation_timestep for c in configs.values()))
-        scores["naive"].append(miou(upsample_bilinear(session.masks(cfg), image.shape[-1]),
-                                    truth))
-        for name, setting in configs.items():
-            scores[name].append(miou(session.labels(setting), truth))
-            bar.update()
-    bar.close()
-    return scores
+    return config_scores(model, images, labels, configs, cfg, progress=progress)
 
 
 def sweep(model, images: torch.Tensor, labels: torch.Tensor, timesteps, strengths,

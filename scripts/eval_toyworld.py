@@ -129,10 +129,9 @@ def run_sweep(args) -> None:
     EmerDiff over modulation timestep x strength for the trained model (a loop over configs on
     one Session per scene: one inversion to the deepest t_m)."""
     import emerdiff_lab as edl
-    from emerdiff_lab.assembly import upsample_bilinear
     from emerdiff_lab.evaluation.metrics import hungarian_miou
     from emerdiff_lab.layers import find_semantic_block
-    from emerdiff_lab.session import Session
+    from emerdiff_lab.toyworld.evaluation import config_scores
 
     pixels, labels = heldout_scenes(args.n, start=VALIDATION_SEED_START)
     report = {"n": args.n, "start": VALIDATION_SEED_START, "masks": {}, "emerdiff": {}}
@@ -154,19 +153,12 @@ def run_sweep(args) -> None:
     print(f"modulation layer activation RMS (trained, t={base.modulation_timestep}): "
           f"{report['activation_rms']}", flush=True)
     grid = [(t_m, lam) for t_m in args.timesteps for lam in args.strengths]
-    scores = {g: {"naive": [], "emerdiff": [], "emerdiff_norm": []} for g in grid}
-    for i in range(args.n):
-        session = Session(model, pixels[i], cfg=base, image_size=64)
-        # the deepest t_m first: one trajectory serves every t_m of the grid
-        session.inversion(base, depth=max(t_m for t_m, _ in grid))
-        naive = upsample_bilinear(session.masks(base), 64)
-        for t_m, lam in grid:
-            cfg = base.replace(modulation_timestep=t_m, modulation_strength=lam)
-            scores[(t_m, lam)]["naive"].append(hungarian_miou(naive, labels[i]).miou)
-            for key, norm in (("emerdiff", False), ("emerdiff_norm", True)):
-                pred = session.labels(cfg.replace(normalize_maps=norm))
-                scores[(t_m, lam)][key].append(hungarian_miou(pred, labels[i]).miou)
-        print(f"scene {i + 1}/{args.n} done", flush=True)
+    configs = {(t_m, lam, norm): base.replace(modulation_timestep=t_m, modulation_strength=lam,
+                                              normalize_maps=norm)
+               for t_m, lam in grid for norm in (False, True)}
+    measured = config_scores(model, pixels, labels, configs, base, progress=not args.quiet)
+    scores = {(t_m, lam): {"naive": measured["naive"], "emerdiff": measured[(t_m, lam, False)],
+                           "emerdiff_norm": measured[(t_m, lam, True)]} for t_m, lam in grid}
     for (t_m, lam), s in scores.items():
         means = {k: float(np.mean(v)) for k, v in s.items()}
         report["emerdiff"][f"t_m={t_m} lambda={lam}"] = means

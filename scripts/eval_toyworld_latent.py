@@ -149,11 +149,9 @@ def run_sweep(args) -> None:
     over configs on one Session per scene (one inversion to the deepest t_m; blur and
     normalisation re-assemble the same raw maps); mask mIoU over the feature layers."""
     import emerdiff_lab as edl
-    from emerdiff_lab.assembly import upsample_bilinear
     from emerdiff_lab.evaluation.metrics import hungarian_miou
     from emerdiff_lab.layers import find_semantic_block
-    from emerdiff_lab.session import Session
-    from emerdiff_lab.toyworld.evaluation import nearest_upsample
+    from emerdiff_lab.toyworld.evaluation import config_scores, nearest_upsample
 
     model = load_toyworld_latent(weights=args.weights)
     pixels, labels = scenes(args.n, start=VALIDATION_SEED_START)
@@ -168,21 +166,10 @@ def run_sweep(args) -> None:
         print(f"masks {layer}: {np.mean(values):.3f}", flush=True)
     grid = [(t_m, lam) for t_m in args.timesteps for lam in args.strengths]
     blurs = (1.0, 2.0, 4.0, 8.0)
-    scores: dict = {}
-    for i in range(args.n):
-        session = Session(model, pixels[i], cfg=base, image_size=IMAGE_SIZE)
-        # the deepest t_m first: one trajectory serves every t_m of the grid
-        session.inversion(base, depth=max(t_m for t_m, _ in grid))
-        scores.setdefault("naive", []).append(hungarian_miou(upsample_bilinear(
-            session.masks(base), IMAGE_SIZE), labels[i]).miou)
-        for t_m, lam in grid:
-            cfg = base.replace(modulation_timestep=t_m, modulation_strength=lam)
-            for blur in blurs:
-                for norm in (False, True):
-                    key = f"t_m={t_m} lambda={lam} blur={blur} norm={norm}"
-                    scores.setdefault(key, []).append(hungarian_miou(session.labels(
-                        cfg.replace(blur_sigma=blur, normalize_maps=norm)), labels[i]).miou)
-        print(f"scene {i + 1}/{args.n} done", flush=True)
+    configs = {f"t_m={t_m} lambda={lam} blur={blur} norm={norm}": base.replace(
+        modulation_timestep=t_m, modulation_strength=lam, blur_sigma=blur, normalize_maps=norm)
+        for t_m, lam in grid for blur in blurs for norm in (False, True)}
+    scores = config_scores(model, pixels, labels, configs, base, progress=True)
     report["emerdiff"] = {k: float(np.mean(v)) for k, v in scores.items()}
     for key, value in sorted(report["emerdiff"].items(), key=lambda kv: -kv[1]):
         print(f"{value:.3f}  {key}")
