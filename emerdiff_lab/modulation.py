@@ -396,7 +396,7 @@ def check_recording_fits(model: EmerDiffModel, nbytes: int, what: str) -> None:
     512 px, 31 GiB at 1024 px in bfloat16); use the batched path, which holds one layer's."""
     available = available_bytes(model.device)
     if available and nbytes > 0.8 * available:
-        raise MemoryError(f"{what} would record {nbytes / 2**30:.1f} GiB of attention "
+        raise MemoryError(f"{what} would record {nbytes / 2**30:.2f} GiB of attention "
                           f"probabilities, more than fits in the {available / 2**30:.1f} GiB free "
                           f"on {model.device}; use path='batched' without a recorded reference "
                           f"(it holds one layer's probabilities at a time), a smaller image, or "

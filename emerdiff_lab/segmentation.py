@@ -196,6 +196,9 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     if num_masks < cfg.num_masks:
         notes.append(f"k-means found {num_masks} distinct masks, fewer than the {cfg.num_masks} "
                      f"asked for (the features hold fewer distinct vectors)")
+    describe_time = getattr(model.architecture, "modulation_time", None)
+    if describe_time is not None:  # a flow model: where t_m landed on its sigma schedule
+        notes.append(describe_time(model, cfg).describe())
     if model.random_weights:
         notes.append(f"model {model.model_id!r} has random weights: the result shows the "
                      f"method's mechanics, not semantics")
