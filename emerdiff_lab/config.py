@@ -138,6 +138,44 @@ class EmerDiffConfig:
         return cls().replace(**values)
 
 
+# Which settings each stage of the method reads: the keys of emerdiff_lab.session.Session's
+# caches, and the one place that says so. Layer names are resolved (None -> the model's default
+# layer) before they become keys. The inversion reads t_m only as its depth: one trajectory to the
+# deepest t_m asked serves every smaller one. "labels" also reads the output size, and "one region"
+# the region itself (neither is a config field).
+_FEATURES = ("feature_layer", "feature_timestep", "feature_sigma", "prompt", "seed")
+_MASKS = _FEATURES + ("num_masks", "feature_normalization")
+_INVERSION = ("num_inference_steps", "prompt", "seed")
+_MODULATION = ("modulation_timestep", "modulation_sigma", "modulation_strength",
+               "modulation_layer",
+               "offset_placement", "attention_injection")
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "features": _FEATURES,
+    "masks": _MASKS,
+    "inversion": _INVERSION,
+    "reference_pass": _INVERSION + ("modulation_timestep", "modulation_sigma",
+                                    "attention_injection"),
+    "raw_maps": tuple(dict.fromkeys(_MASKS + _INVERSION)) + _MODULATION,
+    "labels": tuple(dict.fromkeys(_MASKS + _INVERSION)) + _MODULATION
+    + ("blur_sigma", "normalize_maps"),
+    "one_region": _INVERSION + _MODULATION,
+}
+# Settings that change how the work is batched (and so the float rounding), never what is
+# computed: never part of a cache key.
+NUMERICS_ONLY = ("batch_size", "decode_batch_size")
+
+
+def stage_key(stage: str, cfg: EmerDiffConfig) -> tuple:
+    """``((setting, value), ...)`` of the settings ``stage`` reads (:data:`STAGE_SETTINGS`), in
+    the table's order. Layers are taken as they are in ``cfg``: resolve them first
+    (:meth:`emerdiff_lab.session.Session.resolved`)."""
+    if stage not in STAGE_SETTINGS:
+        raise ValueError(f"stage must be one of {sorted(STAGE_SETTINGS)}, got {stage!r}")
+    # the flow-only sigmas only when set: every other config keeps its keys (and its store)
+    return tuple((name, getattr(cfg, name)) for name in STAGE_SETTINGS[stage]
+                 if name not in FLOW_ONLY_FIELDS or getattr(cfg, name) is not None)
+
+
 def check_blur_sigma(blur_sigma: float, image_size: int) -> None:
     """Raises ValueError unless ``blur_sigma`` (pixels) is at most ``image_size``: a wider
     Gaussian flattens every difference map, so the argmax would say nothing."""

@@ -15,6 +15,7 @@ the model's architecture supplies the schedule, so the code below is the same fo
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,11 @@ from .images import model_pixels
 from .layers import check_image_size
 from .flow_schedule import FlowSchedule
 from .schedule import DDPMSchedule
+
+
+# Called after every denoiser call made in this context (thread): how a
+# :class:`emerdiff_lab.session.Session` counts the denoising steps done for its progress callback.
+UNET_CALL_OBSERVER: ContextVar = ContextVar("unet_call_observer", default=None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +109,29 @@ def _as_schedule(model: EmerDiffModel, steps):
     return model.architecture.schedule(model, steps)
 
 
+def start_timestep(model: EmerDiffModel, cfg: EmerDiffConfig) -> int | float:
+    """The timestep of ``cfg``'s ``num_inference_steps`` schedule that modulated denoising
+    starts from (its "depth"): ``cfg.modulation_timestep`` on a DDPM schedule (ValueError if it
+    is not on it); on a flow schedule 1000 sigma of the step t_m snaps to. Deeper is larger on
+    both."""
+    steps = model.architecture.schedule(model, cfg.num_inference_steps)
+    return model.architecture.modulation_timestep(model, steps, cfg)
+
+
+def starting_at(model: EmerDiffModel, cfg: EmerDiffConfig, timestep) -> EmerDiffConfig:
+    """``cfg`` whose modulation starts at ``timestep`` of its schedule (a DDPM timestep, or
+    1000 sigma of a flow step)."""
+    if isinstance(model.architecture.schedule(model, cfg.num_inference_steps), FlowSchedule):
+        return cfg.replace(modulation_sigma=float(timestep) / 1000.0)
+    return cfg.replace(modulation_timestep=int(timestep))
+
+
+def steps_from(model: EmerDiffModel, cfg: EmerDiffConfig) -> int:
+    """Denoising steps from ``cfg``'s t_m to x_0 (15 of 50 for SD's t_m = 281)."""
+    steps = model.architecture.schedule(model, cfg.num_inference_steps)
+    return steps.num_inference_steps - steps.index_of(start_timestep(model, cfg))
+
+
 def modulation_timestep(model: EmerDiffModel, inversion: Inversion,
                         cfg: EmerDiffConfig) -> int | float:
     """The stored timestep modulated denoising starts from: ``cfg.modulation_timestep`` on a
@@ -150,6 +179,9 @@ def unet_predict(model: EmerDiffModel, latents: torch.Tensor, timesteps: torch.T
     """
     latents = latents.to(model.device, model.dtype)
     out = model.architecture.predict(model, latents, timesteps.to(model.device), prompt_embeds)
+    observer = UNET_CALL_OBSERVER.get()
+    if observer is not None:
+        observer()
     return out.float()
 
 
