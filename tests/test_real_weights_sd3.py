@@ -25,6 +25,7 @@ import torch
 import emerdiff_lab as edl
 from emerdiff_lab.inversion import modulation_timestep
 from tolerances import assert_close
+from voc_check import emerdiff_and_bilinear_miou
 
 MODEL = os.environ.get("EMERDIFF_REAL_SD3")
 pytestmark = [pytest.mark.real_weights,
@@ -94,18 +95,6 @@ def test_activation_scale_at_the_modulation_layer(sd3, size):
 def test_sd3_segmentation_is_better_than_chance_on_voc(sd3, voc14, size):
     """On a few VOC photos EmerDiff on SD3 scores at least the bilinear upsampling of its own
     low-resolution masks (the open question of docs/architectures.md)."""
-    from PIL import Image
-
-    from emerdiff_lab.evaluation.metrics import hungarian_miou
-
-    cfg = sd3.default_config
-    scores = {"emerdiff": [], "bilinear": []}
-    for image_path in sorted((voc14 / "images").glob("*.jpg"))[:4]:
-        gt = torch.from_numpy(np.array(Image.open(voc14 / "labels" / f"{image_path.stem}.png")))
-        seg = edl.segment(sd3, image_path, cfg, image_size=size, progress=False)
-        naive = edl.images.labels_to_original(
-            edl.upsample_bilinear(seg.lowres_labels, size), edl.prepare_image(image_path, size))
-        scores["emerdiff"].append(hungarian_miou(seg.labels, gt).miou)
-        scores["bilinear"].append(hungarian_miou(naive, gt).miou)
+    scores = emerdiff_and_bilinear_miou(sd3, voc14, sd3.default_config, size)
     print(size, scores)
     assert sum(scores["emerdiff"]) >= sum(scores["bilinear"])

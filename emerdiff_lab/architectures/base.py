@@ -183,6 +183,15 @@ class Architecture:
         return model._derived[key], dtype
 
 
+def is_diffusers_instance(module, class_name: str) -> bool:
+    """Whether ``module`` is an instance of diffusers' ``class_name`` (False where this
+    diffusers has no such class)."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    return cls is not None and isinstance(module, cls)
+
+
 def upcast_vae_dtype(model: EmerDiffModel) -> torch.dtype:
     """float32 where the model runs in float16 and its VAE says ``force_upcast``; else the
     model's dtype."""

@@ -8,7 +8,7 @@ import torch
 from ..config import EmerDiffConfig
 from ..core import EmerDiffModel, ddpm_scheduler_from_config
 from ..layers import PatchGeometry, resolve_layers
-from .base import Condition, as_condition, upcast_vae_dtype
+from .base import Condition, as_condition, is_diffusers_instance, upcast_vae_dtype
 from .sd import StableDiffusion
 
 
@@ -157,8 +157,4 @@ class PixArt(StableDiffusion):
 
 
 def is_pixart_transformer(module) -> bool:
-    try:
-        from diffusers import PixArtTransformer2DModel
-    except ImportError:  # a diffusers without PixArt
-        return False
-    return isinstance(module, PixArtTransformer2DModel)
+    return is_diffusers_instance(module, "PixArtTransformer2DModel")

@@ -28,7 +28,8 @@ from ..config import EmerDiffConfig
 from ..core import EmerDiffModel
 from ..flow_schedule import feature_sigma, flow_schedule, modulation_time
 from ..layers import JointPatchGeometry, resolve_layers
-from .base import Architecture, Condition, as_condition, token_ids, upcast_vae_dtype
+from .base import (Architecture, Condition, as_condition, is_diffusers_instance, token_ids,
+                   upcast_vae_dtype)
 
 T5_TOKENS = 256  # the SD3 pipeline's default max_sequence_length
 
@@ -184,8 +185,4 @@ class StableDiffusion3(Architecture):
 
 
 def is_sd3_transformer(module) -> bool:
-    try:
-        from diffusers import SD3Transformer2DModel
-    except ImportError:  # a diffusers without SD3
-        return False
-    return isinstance(module, SD3Transformer2DModel)
+    return is_diffusers_instance(module, "SD3Transformer2DModel")
