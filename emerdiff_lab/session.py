@@ -197,16 +197,19 @@ class Session:
         held when deep enough, else a new one to that depth (dropping the reference passes
         recorded on the old one)."""
         cfg = cfg or self.cfg
-        depth = int(cfg.modulation_timestep if depth is None else depth)
-        _inversion.check_timestep(self.model, depth, cfg.num_inference_steps,
-                                  "modulation_timestep")
+        if depth is None:  # t_m, or on a flow schedule the step it snaps to (1000 sigma)
+            depth = _inversion.start_timestep(self.model, cfg)
+        else:
+            depth = int(depth)
+            _inversion.check_timestep(self.model, depth, cfg.num_inference_steps,
+                                      "modulation_timestep")
         key = ("inversion",) + stage_key("inversion", cfg)
         with self._request(lambda: self._plan_inversion(cfg, depth)):
             held = self._lookup(key)
-            if held is not None and int(held.timesteps[0]) >= depth:
+            if held is not None and held.timesteps[0].item() >= depth:
                 return held
             trajectory = _inversion.invert(
-                self.model, self.pixels, cfg.replace(modulation_timestep=depth),
+                self.model, self.pixels, _inversion.starting_at(self.model, cfg, depth),
                 latent=self.latent(), progress=self.progress_bars)
             with self._table:
                 self._drop_references(key)
@@ -278,6 +281,9 @@ class Session:
                 notes.append(f"k-means found {num_masks} distinct masks, fewer than the "
                              f"{cfg.num_masks} asked for (the features hold fewer distinct "
                              f"vectors)")
+            describe_time = getattr(self.model.architecture, "modulation_time", None)
+            if describe_time is not None:  # a flow model: where t_m landed on its schedule
+                notes.append(describe_time(self.model, r).describe())
             if self.model.random_weights:
                 notes.append(f"model {self.model.model_id!r} has random weights: the result "
                              f"shows the method's mechanics, not semantics")
@@ -455,17 +461,17 @@ class Session:
                 self._calls = None
 
     def _steps_from(self, cfg: EmerDiffConfig) -> int:
-        steps = _inversion.schedule(self.model, cfg.num_inference_steps).tolist()
-        return len(steps) - steps.index(int(cfg.modulation_timestep))
+        return _inversion.steps_from(self.model, cfg)
 
     def _plan_features(self, r: EmerDiffConfig) -> int:
         return int(not self._has(("features",) + stage_key("features", r)))
 
     def _plan_inversion(self, cfg: EmerDiffConfig, depth: int | None = None) -> int:
-        cfg = cfg if depth is None else cfg.replace(modulation_timestep=int(depth))
+        cfg = cfg if depth is None else _inversion.starting_at(self.model, cfg, depth)
         with self._table:
             held = self._entries.get(("inversion",) + stage_key("inversion", cfg))
-        if held is not None and int(held[0].timesteps[0]) >= cfg.modulation_timestep:
+        if held is not None and \
+                held[0].timesteps[0].item() >= _inversion.start_timestep(self.model, cfg):
             return 0
         steps = self._steps_from(cfg)
         return math.ceil(steps / (cfg.batch_size or steps))
