@@ -58,6 +58,7 @@ from . import inversion as _inversion
 from . import modulation as _modulation
 from .assembly import prepare_maps
 from .config import EmerDiffConfig, stage_key
+from .evaluation.datasets import label_to_model
 from .images import check_model_size, labels_to_original, prepare_image
 from .layers import check_image_size
 from .map_store import MapStore
@@ -84,12 +85,8 @@ class Session:
         check_image_size(model.unet, self.image_size, model.vae_scale_factor)
         self.prepared = prepare_image(image, self.image_size)
         self.pixels = self.prepared.pixels
-        self.truth = None
-        if labels is not None:
-            from .evaluation.datasets import label_to_model
-
-            self.truth = torch.from_numpy(label_to_model(
-                np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64), self.image_size))
+        self.truth = None if labels is None else torch.from_numpy(label_to_model(
+            np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64), self.image_size))
         self.max_bytes = int(max_bytes)
         self.store = None if store is None else MapStore(store)
         self._weights = weights
@@ -129,8 +126,8 @@ class Session:
 
     def timesteps(self, cfg: EmerDiffConfig | None = None) -> list[int]:
         """The t_m values of ``cfg``'s schedule, ascending."""
-        cfg = cfg or self.cfg
-        return sorted(_inversion.schedule(self.model, cfg.num_inference_steps).tolist())
+        steps = (cfg or self.cfg).num_inference_steps
+        return sorted(_inversion.schedule(self.model, steps).tolist())
 
     def candidate_layers(self) -> list[str]:
         """The semantic block's cross-attention layers (the modulated layers to choose from)."""
@@ -166,9 +163,7 @@ class Session:
         """Hungarian mIoU of (S, S) ``labels`` against the session's labels (None without)."""
         from .evaluation.metrics import hungarian_miou
 
-        if self.truth is None:
-            return None
-        return float(hungarian_miou(labels, self.truth).miou)
+        return None if self.truth is None else float(hungarian_miou(labels, self.truth).miou)
 
     # ------------------------------------------------------------------------------ stages
     def latent(self) -> torch.Tensor:  # (C, h, w), encoded once
@@ -223,7 +218,7 @@ class Session:
         cfg = cfg or self.cfg
         key = ("reference_pass",) + stage_key("reference_pass", cfg)
         with self._request(lambda: self._plan_inversion(cfg) + (
-                0 if self._has(key) else self._steps_from(cfg))):
+                0 if self._has(key) else _inversion.steps_from(self.model, cfg))):
             trajectory = self.inversion(cfg)
             held = self._lookup(key)
             if held is not None and (held is _NOT_RECORDED or held.inversion is trajectory):
@@ -303,8 +298,9 @@ class Session:
             raise ValueError(f"path must be one of {REGION_PATHS}, got {path!r}")
         r = self.resolved(cfg)
         region = self._check_region(region, r)
-        with self._request(lambda: self._plan_inversion(r) + self._steps_from(r) * (
-                1 if not self._has(self._region_key(region, r, path)) else 0)):
+        steps = _inversion.steps_from(self.model, r)
+        with self._request(lambda: self._plan_inversion(r) + steps * (
+                not self._has(self._region_key(region, r, path)))):
             trajectory = self.inversion(r)
             reference = self.reference_pass(r) if path == "replayed" else None
             used = path if path != "replayed" or reference is not None else "batched"
@@ -460,9 +456,6 @@ class Session:
                 _inversion.UNET_CALL_OBSERVER.reset(token)
                 self._calls = None
 
-    def _steps_from(self, cfg: EmerDiffConfig) -> int:
-        return _inversion.steps_from(self.model, cfg)
-
     def _plan_features(self, r: EmerDiffConfig) -> int:
         return int(not self._has(("features",) + stage_key("features", r)))
 
@@ -473,17 +466,16 @@ class Session:
         if held is not None and \
                 held[0].timesteps[0].item() >= _inversion.start_timestep(self.model, cfg):
             return 0
-        steps = self._steps_from(cfg)
+        steps = _inversion.steps_from(self.model, cfg)
         return math.ceil(steps / (cfg.batch_size or steps))
 
     def _plan_maps(self, r: EmerDiffConfig, path: str) -> int:
         if self._has(("raw_maps", path) + stage_key("raw_maps", r)):
             return 0
-        masks_key = ("masks",) + stage_key("masks", r)
         with self._table:
-            held = self._entries.get(masks_key)
+            held = self._entries.get(("masks",) + stage_key("masks", r))
         k = int(held[0].max()) + 1 if held is not None else r.num_masks
-        steps = self._steps_from(r)
+        steps = _inversion.steps_from(self.model, r)
         if path == "reference":
             calls = 2 * k * steps * (2 if r.attention_injection else 1)
         else:
