@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("stage", choices=("cache", "train", "export"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder (outside git)")
     p.add_argument("--num-scenes", type=int, default=16384, help="cache: training seeds 0..N-1")
+    p.add_argument("--reverse", action="store_true",
+                   help="cache: take the chunks from the last one (a second worker)")
     p.add_argument("--init", type=Path, default=None,
                    help="train: weight file whose VAE and UNet start the run (default: the "
                         "packaged toyworld-latent)")
@@ -72,9 +74,10 @@ def cache(args) -> None:
     scaling = vae.config.scaling_factor
     folder = args.out / "cache"
     folder.mkdir(parents=True, exist_ok=True)
-    for first in range(0, args.num_scenes, CHUNK):
+    firsts = range(0, args.num_scenes, CHUNK)
+    for first in reversed(firsts) if args.reverse else firsts:   # a second worker from the end
         path = folder / f"chunk_{first:06d}.pt"
-        if path.exists():
+        if path.exists() or (args.reverse and Path(f"{path}.tmp").exists()):
             continue
         tick, latents, counts = time.time(), [], []
         seeds = range(first, min(first + CHUNK, args.num_scenes))

@@ -21,7 +21,7 @@ from .scenes import HELDOUT_SEED_START, generate_batch
 
 METHODS = ("masks", "naive", "emerdiff", "emerdiff_norm")
 __all__ = ["METHODS", "VALIDATION_SEED_START", "evaluate", "evaluate_scene", "heldout_scenes",
-           "nearest_upsample", "random_control", "summarize"]
+           "nearest_upsample", "random_control", "scene_predictions", "summarize"]
 # Seeds for choosing settings (validation), kept apart from the test scenes the table reports.
 VALIDATION_SEED_START = HELDOUT_SEED_START + 1_000_000
 
@@ -48,17 +48,23 @@ def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor,
         pixels: (3, S, S) float32 in [0, 1]. labels: (S, S) int64 class ids.
         cfg: EmerDiff settings (``normalize_maps`` is ignored: both variants are scored).
     """
+    return {name: hungarian_miou(pred, labels).miou
+            for name, pred in scene_predictions(model, pixels, cfg).items()}
+
+
+def scene_predictions(model, pixels: torch.Tensor, cfg: EmerDiffConfig) -> dict:
+    """Each method of ``METHODS``'s (S, S) int64 labels of one scene (pixels (3, S, S) in
+    [0, 1]), from one ``segment`` call."""
     size = pixels.shape[-1]
     seg = segment(model, pixels, cfg, image_size=size, original_size=False, progress=False,
                   keep_intermediates=True)
     raw = seg.intermediates.raw_maps
-    predictions = {
+    return {
         "masks": nearest_upsample(seg.lowres_labels, size),
         "naive": upsample_bilinear(seg.lowres_labels, size),
         "emerdiff": assemble(raw, cfg.blur_sigma, normalize=False),
         "emerdiff_norm": assemble(raw, cfg.blur_sigma, normalize=True),
     }
-    return {name: hungarian_miou(pred, labels).miou for name, pred in predictions.items()}
 
 
 def random_control(seed: int = 0):
