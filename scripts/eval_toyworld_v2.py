@@ -8,6 +8,8 @@
     python scripts/eval_toyworld_v2.py scenes --which random --n 48
     # the aims table; --record writes emerdiff_lab/toyworld/recorded_eval_v2.json (CI re-checks it)
     python scripts/eval_toyworld_v2.py summary --out /work/runs/toyworld_v2/eval --record
+    # figures/toyworld_v2_samples.png (unconditional and captioned samples)
+    python scripts/eval_toyworld_v2.py figure
 
 Scores: per-image Hungarian mIoU (EmerDiff, naive, masks, colour baselines) and open-vocabulary
 mIoU (:mod:`emerdiff_lab.toyworld.evaluation_v2`); differences paired over the same scenes with
@@ -201,9 +203,44 @@ def run_summary(args) -> None:
         print(f"recorded {RECORDED_PATH}")
 
 
+SAMPLE_CAPTIONS = ("three trees and a house on grass below mountains under the sky",
+                   "a rock on sand by the water under the sky",
+                   "two fences on grass by the water under the sky")
+
+
+def run_figure(args) -> None:
+    """figures/toyworld_v2_samples.png: 50-step DDPM samples (seed 0), unconditional and for
+    three captions, beside test scenes with their own captions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emerdiff_lab.toyworld import sample
+
+    model = load_toyworld_v2(weights=args.weights)
+    rows = [("unconditional (\"\")", sample(model, 4, prompt="", progress=False))]
+    rows += [(text, sample(model, 4, prompt=text, progress=False)) for text in SAMPLE_CAPTIONS]
+    fig, axes = plt.subplots(len(rows) + 1, 4, figsize=(9, 2.4 * (len(rows) + 1)))
+    for j in range(4):
+        pixels, _, text = scene(HELDOUT_SEED_START + j)
+        axes[0, j].imshow(pixels.permute(1, 2, 0).numpy())
+        axes[0, j].set_title(f"test scene: {text}", fontsize=5.5, wrap=True)
+    for i, (text, images) in enumerate(rows, start=1):
+        for j in range(4):
+            axes[i, j].imshow(images[j].permute(1, 2, 0).numpy())
+        axes[i, 0].set_title(f"samples: {text}", fontsize=7, loc="left")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"ToyWorld v2 (trained weights {sha256(args.weights)[:12]}), 128 px", fontsize=9)
+    out = ROOT / "figures" / "toyworld_v2_samples.png"
+    fig.savefig(out, dpi=90, bbox_inches="tight")
+    print(f"wrote {out}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("sweep", "scenes", "summary"))
+    p.add_argument("mode", choices=("sweep", "scenes", "summary", "figure"))
     p.add_argument("--n", type=int, default=48, help="number of scenes")
     p.add_argument("--which", choices=("trained", "random"), default="trained")
     p.add_argument("--weights", type=Path, default=WEIGHTS_PATH)
@@ -216,7 +253,8 @@ def main(argv=None) -> None:
     p.add_argument("--record", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"sweep": run_sweep, "scenes": run_scenes, "summary": run_summary}[args.mode](args)
+    {"sweep": run_sweep, "scenes": run_scenes, "summary": run_summary,
+     "figure": run_figure}[args.mode](args)
 
 
 if __name__ == "__main__":
