@@ -49,7 +49,8 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     from emerdiff_lab.models import load_model
     from emerdiff_lab.modulation import perturb, record_reference
-    from emerdiff_lab.widgets import DEFAULT_SCENE, PerturbationSession, default_scene
+    from emerdiff_lab.assembly import upsample_bilinear
+    from emerdiff_lab.widgets import DEFAULT_SCENE, default_scene, explorer_session
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toyworld")
@@ -73,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     size = args.image_size or model.native_image_size
     image, labels = default_scene(size)
     start = time.perf_counter()
-    session = PerturbationSession(model, image, labels=labels, image_size=size)
+    session = explorer_session(model, image, labels=labels, image_size=size)
     prepare_seconds = time.perf_counter() - start
 
-    cells = distinct_cells(session.grid, args.repeats + 1)
+    grid = session.region_grid()
+    cells = distinct_cells(grid, args.repeats + 1)
     session.perturbation(session.cell_region(*cells[0]))     # warm-up, not counted
     new_cell, new_cell_cpu, batched_cpu = [], [], []
     for cell in cells[1:]:
@@ -87,23 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         # A/B, interleaved: the same cell the way it was computed before the session recorded
         # its reference pass (the reference rides in every call as a third batch element).
         cpu = time.process_time()
-        perturb(model, session.inversion, session.cell_region(*cell), session.cfg)
+        perturb(model, session.inversion(), session.cell_region(*cell), session.cfg)
         batched_cpu.append(time.process_time() - cpu)
     start, cpu = time.perf_counter(), time.process_time()
-    reference = record_reference(model, session.inversion, session.cfg)
+    reference = record_reference(model, session.inversion(), session.cfg)
     record_seconds, record_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
     session.perturbation(session.cell_region(*cells[1]))
     cached = time.perf_counter() - start
     segment = None
     if not args.no_segment:
-        view = session.segmentation()
-        segment = {"seconds": view.seconds, "miou": view.miou, "naive_miou": view.naive_miou}
+        start = time.perf_counter()
+        labels = session.labels()
+        segment = {"seconds": time.perf_counter() - start, "miou": session.miou(labels),
+                   "naive_miou": session.miou(upsample_bilinear(session.masks(), size))}
 
     record = {
         "benchmark": "explorer", "model": args.model, "device": args.device,
         "scene_seed_index": DEFAULT_SCENE, "image_size": session.image_size,
-        "grid": list(session.grid), "num_masks": session.num_masks,
+        "grid": list(grid), "num_masks": int(session.masks().max()) + 1,
         "modulation_timestep": session.cfg.modulation_timestep,
         "modulation_strength": session.cfg.modulation_strength,
         "attention_injection": session.cfg.attention_injection,

@@ -37,6 +37,10 @@ _FIELD_HELP = {
     "seed": "seed of the inversion noise, feature noise and k-means",
     "batch_size": "elements per UNet call, the reference included (default: automatic)",
     "decode_batch_size": "images decoded by the VAE at once (default: automatic)",
+    "modulation_sigma": "flow models (SD3): noise level sigma in (0, 1) to modulate at, snapped "
+                        "to the schedule (default: t_m by equal SNR, 281 -> 0.438)",
+    "feature_sigma": "flow models (SD3): sigma of the feature pass (default: t_f by equal SNR, "
+                     "1 -> 0.040)",
 }
 
 
@@ -124,10 +128,11 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = "tin
     """--model, --device, --dtype, --revision, --local-files-only: shared by every subcommand."""
     parser.add_argument("--model", default=default_model,
                         help="an offline model: 'toyworld' (trained, 64 px generated scenes), "
-                             "'tiny', 'tiny-sdxl' or 'tiny-pixart' (random weights: mechanics "
-                             "only); a hub id such as CompVis/stable-diffusion-v1-4, "
-                             "stabilityai/stable-diffusion-xl-base-1.0 or "
-                             "PixArt-alpha/PixArt-XL-2-1024-MS; or a local diffusers "
+                             "'tiny', 'tiny-sdxl', 'tiny-pixart' or 'tiny-sd3' (random weights: "
+                             "mechanics only); a hub id such as CompVis/stable-diffusion-v1-4, "
+                             "stabilityai/stable-diffusion-xl-base-1.0, "
+                             "PixArt-alpha/PixArt-XL-2-1024-MS or "
+                             "stabilityai/stable-diffusion-3.5-medium; or a local diffusers "
                              f"folder (default: {default_model})")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 OFFSET_PLACEMENTS = ("after_projection", "before_projection")
 FEATURE_NORMALIZATIONS = ("l2", "none")
+FLOW_ONLY_FIELDS = ("modulation_sigma", "feature_sigma")
 # numpy's and scikit-learn's random states take 32-bit seeds (torch would take 64-bit ones).
 MAX_SEED = 2**32 - 1
 
@@ -49,6 +50,11 @@ class EmerDiffConfig:
         batch_size: number of elements of one modulated-denoising UNet call, the unmodulated
             reference included (so at least 2). None chooses it from free memory.
         decode_batch_size: number of latents decoded by the VAE at once. None: automatic.
+        modulation_sigma: flow-matching models only (SD3): the noise level sigma in (0, 1) to
+            modulate at, snapped to the nearest step of the schedule. None: t_m mapped by equal
+            signal-to-noise ratio (281 -> 0.438; SD3 at 50 steps snaps to 0.4384).
+        feature_sigma: flow-matching models only: sigma of the feature pass. None: t_f mapped
+            by equal SNR (1 -> 0.040).
     """
 
     num_masks: int = 30
@@ -67,6 +73,8 @@ class EmerDiffConfig:
     seed: int = 0
     batch_size: int | None = None
     decode_batch_size: int | None = None
+    modulation_sigma: float | None = None
+    feature_sigma: float | None = None
 
     def __post_init__(self) -> None:
         _require_int("num_masks", self.num_masks, minimum=1)
@@ -88,6 +96,11 @@ class EmerDiffConfig:
         if not _is_finite_number(self.blur_sigma) or self.blur_sigma < 0:
             raise ValueError(f"blur_sigma must be a finite number >= 0 (pixels), got "
                              f"{self.blur_sigma!r}")
+        for name in ("modulation_sigma", "feature_sigma"):
+            value = getattr(self, name)
+            if value is not None and (not _is_finite_number(value) or not 0 < value < 1):
+                raise ValueError(f"{name} must be None or a noise level sigma in (0, 1) (flow "
+                                 f"models), got {value!r}")
         if self.offset_placement not in OFFSET_PLACEMENTS:
             raise ValueError(f"offset_placement must be one of {OFFSET_PLACEMENTS}, got "
                              f"{self.offset_placement!r}")
@@ -112,11 +125,55 @@ class EmerDiffConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field; the flow-only sigmas only when set, so that the dict of every other
+        config, and the caches and resumable runs keyed by it, stay as they were."""
+        values = dataclasses.asdict(self)
+        for name in FLOW_ONLY_FIELDS:
+            if values[name] is None:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> EmerDiffConfig:
         return cls().replace(**values)
+
+
+# Which settings each stage of the method reads: the keys of emerdiff_lab.session.Session's
+# caches, and the one place that says so. Layer names are resolved (None -> the model's default
+# layer) before they become keys. The inversion reads t_m only as its depth: one trajectory to the
+# deepest t_m asked serves every smaller one. "labels" also reads the output size, and "one region"
+# the region itself (neither is a config field).
+_FEATURES = ("feature_layer", "feature_timestep", "feature_sigma", "prompt", "seed")
+_MASKS = _FEATURES + ("num_masks", "feature_normalization")
+_INVERSION = ("num_inference_steps", "prompt", "seed")
+_MODULATION = ("modulation_timestep", "modulation_sigma", "modulation_strength",
+               "modulation_layer",
+               "offset_placement", "attention_injection")
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "features": _FEATURES,
+    "masks": _MASKS,
+    "inversion": _INVERSION,
+    "reference_pass": _INVERSION + ("modulation_timestep", "modulation_sigma",
+                                    "attention_injection"),
+    "raw_maps": tuple(dict.fromkeys(_MASKS + _INVERSION)) + _MODULATION,
+    "labels": tuple(dict.fromkeys(_MASKS + _INVERSION)) + _MODULATION
+    + ("blur_sigma", "normalize_maps"),
+    "one_region": _INVERSION + _MODULATION,
+}
+# Settings that change how the work is batched (and so the float rounding), never what is
+# computed: never part of a cache key.
+NUMERICS_ONLY = ("batch_size", "decode_batch_size")
+
+
+def stage_key(stage: str, cfg: EmerDiffConfig) -> tuple:
+    """``((setting, value), ...)`` of the settings ``stage`` reads (:data:`STAGE_SETTINGS`), in
+    the table's order. Layers are taken as they are in ``cfg``: resolve them first
+    (:meth:`emerdiff_lab.session.Session.resolved`)."""
+    if stage not in STAGE_SETTINGS:
+        raise ValueError(f"stage must be one of {sorted(STAGE_SETTINGS)}, got {stage!r}")
+    # the flow-only sigmas only when set: every other config keeps its keys (and its store)
+    return tuple((name, getattr(cfg, name)) for name in STAGE_SETTINGS[stage]
+                 if name not in FLOW_ONLY_FIELDS or getattr(cfg, name) is not None)
 
 
 def check_blur_sigma(blur_sigma: float, image_size: int) -> None:

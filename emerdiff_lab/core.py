@@ -93,8 +93,10 @@ class EmerDiffModel:
         model_id: where the weights came from ("tiny", a hub id or a folder).
         revision: the hub revision asked for, if any.
         random_weights: True when the weights are random (their output shows mechanics only).
-        text_encoder_2, tokenizer_2: SDXL's second text encoder (with projection) and tokenizer;
-            None for one-encoder models.
+        text_encoder_2, tokenizer_2: SDXL's (or SD3's) second text encoder (with projection)
+            and tokenizer; None for one-encoder models.
+        text_encoder_3, tokenizer_3: SD3's T5 encoder and tokenizer (optional there); None
+            elsewhere.
         architecture: the :mod:`emerdiff_lab.architectures` object that says how to encode
             prompts, call the UNet, run the VAE and which layers to use. None: detected from the
             components.
@@ -115,6 +117,8 @@ class EmerDiffModel:
     text_encoder_2: torch.nn.Module | None = None
     tokenizer_2: object = None
     architecture: object = None
+    text_encoder_3: torch.nn.Module | None = None
+    tokenizer_3: object = None
     # Things derived from the components on first use (e.g. SDXL's float32 VAE copy).
     _derived: dict = field(default_factory=dict, repr=False)
 
@@ -138,7 +142,8 @@ class EmerDiffModel:
 
     @property
     def prediction_type(self) -> str:
-        return self.scheduler.config.prediction_type
+        # flow-matching schedulers have no prediction_type: their models predict the velocity
+        return getattr(self.scheduler.config, "prediction_type", "flow")
 
     @torch.no_grad()
     def condition(self, prompt: str):

@@ -38,7 +38,8 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
 
     Returns:
         (h, w, C) float32 on the model's device; (16, 16, 1280) for SD 1.x at 512 px, the patch
-        grid (32, 32, 1152) for PixArt at 512 px.
+        grid (32, 32, 1152) for PixArt at 512 px, the image tokens' queries (32, 32, 1536) for
+        SD3.5-medium at 512 px.
     """
     cfg = cfg or model.default_config
     pixels = model_pixels(image, image_size, model.native_image_size)
@@ -53,8 +54,8 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
     x0 = model.encode(pixels[None]) if latent is None else latent[None].to(model.device).float()
     generator = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    t = torch.tensor([cfg.feature_timestep])
-    noisy = model.scheduler.add_noise(x0, noise, t.to(x0.device))
+    # DDPM: the scheduler's add_noise at t_f; flow: (1 - sigma) x0 + sigma eps at t_f's sigma
+    noisy, t = model.architecture.feature_input(model, x0, noise, cfg)
     control = AttentionControl(capture_layers=frozenset({feature_layer}))
     with installed_processors(model.unet, [feature_layer], control):
         unet_predict(model, noisy, t, model.condition(cfg.prompt))

@@ -1,4 +1,5 @@
-"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024) of a real image.
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024) of a real image, and
+its flow-matching counterpart.
 
 Every x_t is drawn independently as sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps_t, and the noise map of
 each step is the one that makes the DDPM step land exactly on the next stored latent:
@@ -6,10 +7,15 @@ z_t = (x_{t-1} - mu_t(x_t)) / sigma_t. Denoising from any stored x_t with the st
 reproduces x_0 up to float error, which is what lets EmerDiff attribute every pixel change to its
 modulation. Because the x_t do not depend on each other, the noise predictions of all steps come
 from batched UNet calls.
+
+On a flow-matching model (SD3) the same holds with x_i = (1 - sigma_i) x_0 + sigma_i eps_i and
+the Euler step's residual stored in place of the noise map (:mod:`emerdiff_lab.flow_schedule`);
+the model's architecture supplies the schedule, so the code below is the same for both.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +26,13 @@ from .config import EmerDiffConfig
 from .core import EmerDiffModel
 from .images import model_pixels
 from .layers import check_image_size
-from .schedule import DDPMSchedule, ddpm_schedule
+from .flow_schedule import FlowSchedule
+from .schedule import DDPMSchedule
+
+
+# Called after every denoiser call made in this context (thread): how a
+# :class:`emerdiff_lab.session.Session` counts the denoising steps done for its progress callback.
+UNET_CALL_OBSERVER: ContextVar = ContextVar("unet_call_observer", default=None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,10 +40,12 @@ class Inversion:
     """A stored denoising trajectory that reproduces one image.
 
     Attributes:
-        timesteps: (S,) int64, descending (e.g. 281, 261, ..., 1 when limited to t <= t_m).
+        timesteps: (S,) int64, descending (e.g. 281, 261, ..., 1 when limited to t <= t_m); on a
+            flow schedule (S,) float32, 1000 sigma (e.g. 438.4, ..., 8.9).
         latents: (S + 1, C, h, w) float32: the latent at each timestep, then x_0.
         noise: (S, C, h, w) float32: the noise map of every step (the last one, t = 1 -> x_0,
-            included), so that ``step(latents[i], noise[i]) == latents[i + 1]``.
+            included), so that ``step(latents[i], noise[i]) == latents[i + 1]``; on a flow
+            schedule the Euler step's residual.
         prompt_embeds: (1, tokens, width) text embeddings every UNet call is conditioned on.
         image: (3, H, W) float32 in [0, 1], the image that was inverted.
         num_inference_steps: length of the schedule the timesteps come from.
@@ -48,7 +62,7 @@ class Inversion:
     prompt_embeds: torch.Tensor
     image: torch.Tensor
     num_inference_steps: int
-    schedule: DDPMSchedule | None = None
+    schedule: DDPMSchedule | FlowSchedule | None = None
     condition: Condition | None = None
 
     def __post_init__(self) -> None:
@@ -63,9 +77,11 @@ class Inversion:
             added = {} if self.condition is None else self.condition.added
             object.__setattr__(self, "condition", Condition(self.prompt_embeds, added))
 
-    def index_of(self, timestep: int) -> int:
+    def index_of(self, timestep) -> int:
         """Position of ``timestep`` in ``timesteps``; ValueError if it is not stored."""
-        matches = (self.timesteps == int(timestep)).nonzero()
+        key = torch.tensor(float(timestep), dtype=self.timesteps.dtype) \
+            if self.timesteps.is_floating_point() else int(timestep)
+        matches = (self.timesteps == key).nonzero()
         if len(matches) == 0:
             raise ValueError(f"timestep {timestep} is not in this inversion; stored timesteps are "
                              f"{self.timesteps.tolist()}")
@@ -73,8 +89,9 @@ class Inversion:
 
 
 def schedule(model: EmerDiffModel, num_inference_steps: int) -> torch.Tensor:
-    """The descending timesteps (num_inference_steps,) int64 of the model's DDPM schedule."""
-    return ddpm_schedule(model.scheduler, num_inference_steps).timesteps.clone()
+    """The descending timesteps (num_inference_steps,) of the model's schedule: int64 on a DDPM
+    schedule, float32 (1000 sigma) on a flow one."""
+    return model.architecture.schedule(model, num_inference_steps).timesteps.clone()
 
 
 def check_timestep(model: EmerDiffModel, timestep: int, num_inference_steps: int,
@@ -86,8 +103,41 @@ def check_timestep(model: EmerDiffModel, timestep: int, num_inference_steps: int
                          f"schedule; choose one of {timesteps}")
 
 
-def _as_schedule(model: EmerDiffModel, steps: int | DDPMSchedule) -> DDPMSchedule:
-    return steps if isinstance(steps, DDPMSchedule) else ddpm_schedule(model.scheduler, steps)
+def _as_schedule(model: EmerDiffModel, steps):
+    if isinstance(steps, (DDPMSchedule, FlowSchedule)):
+        return steps
+    return model.architecture.schedule(model, steps)
+
+
+def start_timestep(model: EmerDiffModel, cfg: EmerDiffConfig) -> int | float:
+    """The timestep of ``cfg``'s ``num_inference_steps`` schedule that modulated denoising
+    starts from (its "depth"): ``cfg.modulation_timestep`` on a DDPM schedule (ValueError if it
+    is not on it); on a flow schedule 1000 sigma of the step t_m snaps to. Deeper is larger on
+    both."""
+    steps = model.architecture.schedule(model, cfg.num_inference_steps)
+    return model.architecture.modulation_timestep(model, steps, cfg)
+
+
+def starting_at(model: EmerDiffModel, cfg: EmerDiffConfig, timestep) -> EmerDiffConfig:
+    """``cfg`` whose modulation starts at ``timestep`` of its schedule (a DDPM timestep, or
+    1000 sigma of a flow step)."""
+    if isinstance(model.architecture.schedule(model, cfg.num_inference_steps), FlowSchedule):
+        return cfg.replace(modulation_sigma=float(timestep) / 1000.0)
+    return cfg.replace(modulation_timestep=int(timestep))
+
+
+def steps_from(model: EmerDiffModel, cfg: EmerDiffConfig) -> int:
+    """Denoising steps from ``cfg``'s t_m to x_0 (15 of 50 for SD's t_m = 281)."""
+    steps = model.architecture.schedule(model, cfg.num_inference_steps)
+    return steps.num_inference_steps - steps.index_of(start_timestep(model, cfg))
+
+
+def modulation_timestep(model: EmerDiffModel, inversion: Inversion,
+                        cfg: EmerDiffConfig) -> int | float:
+    """The stored timestep modulated denoising starts from: ``cfg.modulation_timestep`` on a
+    DDPM schedule; on a flow schedule the step t_m (or ``cfg.modulation_sigma``) snaps to."""
+    return model.architecture.modulation_timestep(model, inversion_schedule(model, inversion),
+                                                  cfg)
 
 
 def posterior_std(model: EmerDiffModel, timestep: int,
@@ -112,8 +162,7 @@ def ddpm_step(model: EmerDiffModel, model_output: torch.Tensor, timestep: int,
     ``Inversion``'s ``schedule``); the step reads only that value, never the scheduler's mutable
     state, so a trajectory made on one schedule is never stepped on another.
     """
-    return _as_schedule(model, num_inference_steps).step(model_output, int(timestep), latents,
-                                                        noise)
+    return _as_schedule(model, num_inference_steps).step(model_output, timestep, latents, noise)
 
 
 @torch.no_grad()
@@ -130,6 +179,9 @@ def unet_predict(model: EmerDiffModel, latents: torch.Tensor, timesteps: torch.T
     """
     latents = latents.to(model.device, model.dtype)
     out = model.architecture.predict(model, latents, timesteps.to(model.device), prompt_embeds)
+    observer = UNET_CALL_OBSERVER.get()
+    if observer is not None:
+        observer()
     return out.float()
 
 
@@ -160,9 +212,9 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     pixels = model_pixels(image, image_size, model.native_image_size)
     check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor,
                      geometry=model.architecture.geometry(model))
-    full_schedule = ddpm_schedule(model.scheduler, cfg.num_inference_steps)
+    full_schedule = model.architecture.schedule(model, cfg.num_inference_steps)
     timesteps = full_schedule.timesteps.clone()
-    check_timestep(model, cfg.modulation_timestep, cfg.num_inference_steps, "modulation_timestep")
+    start = model.architecture.modulation_timestep(model, full_schedule, cfg)
     x0 = model.encode(pixels[None])[0] if latent is None else latent.to(model.device).float()
 
     # Noise for all steps is drawn first, so that a limited and a full inversion with the same
@@ -170,11 +222,10 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     generator = torch.Generator().manual_seed(cfg.seed)
     eps = torch.randn((len(timesteps), *x0.shape), generator=generator).to(x0.device)
     keep = slice(0, None) if full_trajectory else \
-        slice(int((timesteps == cfg.modulation_timestep).nonzero()[0, 0]), None)
+        slice(full_schedule.index_of(start), None)
     timesteps, eps = timesteps[keep], eps[keep]
 
-    alpha_bar = full_schedule.alpha_bars[keep].to(x0.device).view(-1, 1, 1, 1)
-    noisy = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps        # (S, C, h, w)
+    noisy = full_schedule.noised(x0, eps, keep)                          # (S, C, h, w)
     latents = torch.cat([noisy, x0[None]])                               # (S + 1, C, h, w)
 
     condition = model.condition(cfg.prompt)
@@ -185,7 +236,7 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
                       leave=False)])
 
     noise = torch.empty_like(noisy)
-    for i, t in enumerate(timesteps.tolist()):
+    for i, t in enumerate(timesteps.tolist()):  # a flow schedule's residual: std 1
         mean = full_schedule.step(predictions[i:i + 1], t, noisy[i:i + 1],
                                   torch.zeros_like(noisy[i:i + 1]))[0]
         noise[i] = (latents[i + 1] - mean) / full_schedule.posterior_std(t)
@@ -195,9 +246,9 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
                      condition=condition)
 
 
-def inversion_schedule(model: EmerDiffModel, inversion: Inversion) -> DDPMSchedule:
+def inversion_schedule(model: EmerDiffModel, inversion: Inversion):
     """The schedule ``inversion`` was made on (made from the model for a hand-built one)."""
-    return inversion.schedule or ddpm_schedule(model.scheduler, inversion.num_inference_steps)
+    return inversion.schedule or model.architecture.schedule(model, inversion.num_inference_steps)
 
 
 @torch.no_grad()
@@ -209,7 +260,7 @@ def reconstruct(model: EmerDiffModel, inversion: Inversion, start_timestep: int 
     current = inversion.latents[start:start + 1]
     visited = [current[0]]
     for i in range(start, len(inversion.timesteps)):
-        t = int(inversion.timesteps[i])
+        t = inversion.timesteps[i].item()  # int on a DDPM schedule, float (1000 sigma) on flow
         prediction = unet_predict(model, current, torch.tensor([t]), inversion.condition)
         current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1],
                             inversion_schedule(model, inversion))

@@ -166,6 +166,54 @@ class PatchGeometry:
         return bytes_per_value * tokens * (64 * inner + 2 * config.num_attention_heads * tokens)
 
 
+class JointPatchGeometry(PatchGeometry):
+    """Layer geometry of an MM-DiT (SD3, SD3.5): ``transformer_blocks`` of joint text-image
+    attention on one patch grid (32x32 tokens at 512 px, 64x64 at 1024 px, in every block).
+
+    The layers EmerDiff reads and modulates are the joint attentions (``transformer_blocks.i.attn``,
+    the ones with text keys); SD3.5's image-only ``attn2`` are not offered (see
+    docs/architectures.md). The position embedding is cropped from a
+    ``pos_embed_max_size``-square table, which bounds the image size.
+    """
+
+    def semantic_block(self) -> SemanticBlock:
+        """Every block's joint attention, one attention module per block."""
+        names = joint_attention_paths(self.denoiser.transformer_blocks, "transformer_blocks")
+        if not names:
+            raise ValueError("this transformer has no joint text-image attention layers")
+        return SemanticBlock("transformer_blocks", tuple(names), self.stride,
+                             tuple((name,) for name in names))
+
+    @property
+    def max_latent_side(self) -> int | None:
+        """Latent cells per side the position embedding reaches (``pos_embed_max_size`` x
+        patch size), or None without a limit."""
+        limit = getattr(self.denoiser.config, "pos_embed_max_size", None)
+        return None if limit is None else int(limit) * self.stride
+
+    def check_latent_size(self, latent_h: int, latent_w: int) -> None:
+        """ValueError when the latents exceed the position embedding's table."""
+        limit = self.max_latent_side
+        if limit is not None and max(latent_h, latent_w) > limit:
+            raise ValueError(f"latents of {latent_h}x{latent_w} cells exceed this transformer's "
+                             f"position embedding ({limit} cells per side: pos_embed_max_size "
+                             f"{limit // self.stride} x patch size {self.stride}); use a smaller "
+                             f"image")
+
+
+def is_joint_attention(module) -> bool:
+    """A diffusers ``Attention`` with added key/value projections (text tokens joined to the
+    image tokens, as in SD3's ``JointTransformerBlock``)."""
+    return getattr(module, "added_kv_proj_dim", None) is not None
+
+
+def joint_attention_paths(block: torch.nn.Module, prefix: str) -> list[str]:
+    from diffusers.models.attention_processor import Attention
+
+    return [f"{prefix}.{name}" for name, module in block.named_modules()
+            if isinstance(module, Attention) and is_joint_attention(module)]
+
+
 def geometry_of(denoiser: torch.nn.Module):
     """The geometry of a denoiser's structure: :class:`UNetGeometry` for a UNet,
     :class:`PatchGeometry` for a stack of transformer blocks on a patch grid.
@@ -175,8 +223,10 @@ def geometry_of(denoiser: torch.nn.Module):
     """
     if getattr(denoiser, "up_blocks", None) is not None:
         return UNetGeometry(denoiser)
-    if getattr(denoiser, "transformer_blocks", None) is not None:
-        return PatchGeometry(denoiser)
+    blocks = getattr(denoiser, "transformer_blocks", None)
+    if blocks is not None:
+        joint = any(is_joint_attention(getattr(block, "attn", None)) for block in blocks)
+        return JointPatchGeometry(denoiser) if joint else PatchGeometry(denoiser)
     raise ValueError(f"expected a diffusers UNet2DConditionModel with down_blocks and up_blocks "
                      f"or a diffusion transformer with transformer_blocks, got "
                      f"{type(denoiser).__name__}")
@@ -248,12 +298,19 @@ def check_image_size(unet: torch.nn.Module, image_size: int, vae_scale_factor: i
     stride (VAE factor x UNet downsampling, or x patch size). ``geometry``: the model
     architecture's (``model.architecture.geometry(model)``); None: by the denoiser's
     structure."""
-    stride = vae_scale_factor * (geometry or geometry_of(unet)).stride
+    geometry = geometry or geometry_of(unet)
+    stride = vae_scale_factor * geometry.stride
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 \
             or image_size % stride:
         raise ValueError(f"image_size must be a positive multiple of {stride} for this model "
                          f"(VAE factor {vae_scale_factor} x denoiser stride), got "
                          f"{image_size!r}")
+    limit = getattr(geometry, "max_latent_side", None)
+    if limit is not None and image_size > limit * vae_scale_factor:
+        raise ValueError(f"image_size {image_size} exceeds this transformer's position "
+                         f"embedding: at most {limit * vae_scale_factor} px (pos_embed_max_size "
+                         f"{limit // geometry.stride} x patch size {geometry.stride} x VAE factor "
+                         f"{vae_scale_factor})")
 
 
 def validate_layer(unet: torch.nn.Module, name: str, *, argument: str) -> None:
@@ -261,7 +318,8 @@ def validate_layer(unet: torch.nn.Module, name: str, *, argument: str) -> None:
     from diffusers.models.attention_processor import Attention
 
     module = dict(unet.named_modules()).get(name)
-    if not isinstance(module, Attention) or not module.is_cross_attention:
+    if not isinstance(module, Attention) or not (module.is_cross_attention
+                                                 or is_joint_attention(module)):
         block = find_semantic_block(unet)
         raise ValueError(f"{argument}={name!r} is not a cross-attention layer of this model; "
                          f"expected a module path such as {block.cross_attention_layers[0]!r} "

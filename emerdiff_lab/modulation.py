@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 
 from .config import EmerDiffConfig
 from .features import layer_names
-from .inversion import Inversion, ddpm_step, inversion_schedule, reconstruct, unet_predict
+from .inversion import (Inversion, ddpm_step, inversion_schedule, modulation_timestep,
+                        reconstruct, unet_predict)
 from .core import EmerDiffModel
+from .layers import is_joint_attention
 from .processors import (INJECT_FROM_FIRST, INJECT_NONE, INJECT_RECORD, INJECT_REPLAY,
                          AttentionControl, installed_processors)
 
@@ -103,20 +105,22 @@ def record_reference(model: EmerDiffModel, inversion: Inversion,
     cfg = cfg or model.default_config
     if max_bytes is not None and reference_pass_nbytes(model, inversion, cfg) > max_bytes:
         return None
-    start = inversion.index_of(cfg.modulation_timestep)
+    timestep = modulation_timestep(model, inversion, cfg)
+    start = inversion.index_of(timestep)
     injection = bool(cfg.attention_injection)
+    check_recording_fits(model, reference_pass_nbytes(model, inversion, cfg), "record_reference")
     control = AttentionControl(injection=INJECT_RECORD if injection else INJECT_NONE)
     current, probabilities = inversion.latents[start:start + 1], []
     schedule = inversion_schedule(model, inversion)
     with installed_processors(model.unet, None if injection else [], control):
         for i in range(start, len(inversion.timesteps)):
-            t = int(inversion.timesteps[i])
+            t = inversion.timesteps[i].item()
             prediction = unet_predict(model, current, torch.tensor([t]), inversion.condition)
             current = ddpm_step(model, prediction, t, current, inversion.noise[i:i + 1],
                                 schedule)
             probabilities.append(control.recorded)
             control.recorded = {}
-    return ReferencePass(inversion=inversion, timestep=int(cfg.modulation_timestep),
+    return ReferencePass(inversion=inversion, timestep=timestep,
                          injection=injection, probabilities=probabilities, latent=current[0])
 
 
@@ -128,7 +132,8 @@ def reference_pass_nbytes(model: EmerDiffModel, inversion: Inversion,
     cfg = cfg or model.default_config
     if not cfg.attention_injection:
         return 0
-    steps = len(inversion.timesteps) - inversion.index_of(cfg.modulation_timestep)
+    steps = len(inversion.timesteps) - inversion.index_of(modulation_timestep(model, inversion,
+                                                                              cfg))
     latent_h, latent_w = inversion.latents.shape[-2:]
     prompt_tokens = inversion.prompt_embeds.shape[1]
     values = 0
@@ -138,6 +143,8 @@ def reference_pass_nbytes(model: EmerDiffModel, inversion: Inversion,
         attn = model.unet.get_submodule(name)
         stride = geometry.layer_downsample(name)
         queries = (latent_h // stride) * (latent_w // stride)
+        if is_joint_attention(attn):  # [image, text] attend to [image, text]
+            queries += prompt_tokens
         keys = prompt_tokens if attn.is_cross_attention else queries
         values += attn.heads * queries * keys
     return values * steps * (torch.finfo(model.dtype).bits // 8)
@@ -159,7 +166,7 @@ def perturb(model: EmerDiffModel, inversion: Inversion, region, cfg: EmerDiffCon
     regions = _check_regions(model, inversion, cfg, torch.as_tensor(region)[None])
     signs = torch.tensor([1.0, -1.0])
     if reference is not None:
-        _check_reference(reference, inversion, cfg)
+        _check_reference(reference, inversion, cfg, modulation_timestep(model, inversion, cfg))
         _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
         latents = _denoise_replayed(model, inversion, _offsets(model, regions.repeat(2, 1, 1),
                                                                signs, cfg),
@@ -240,7 +247,7 @@ def _modulated_latents(model, inversion, regions, signs, cfg, *, path, progress,
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     _, modulation_layer = layer_names(model, cfg, inversion.image.shape[-1])
-    start = inversion.index_of(cfg.modulation_timestep)
+    start = inversion.index_of(modulation_timestep(model, inversion, cfg))
     offsets = _offsets(model, regions, signs, cfg)
     if path == "reference":
         results = [_denoise_plain(model, inversion, offsets[i:i + 1], modulation_layer, start, cfg)
@@ -257,12 +264,12 @@ def _offsets(model, regions, signs, cfg):
     return offsets.reshape(len(signs), -1, 1).to(model.device)
 
 
-def _check_reference(reference: ReferencePass, inversion: Inversion, cfg: EmerDiffConfig):
+def _check_reference(reference: ReferencePass, inversion: Inversion, cfg: EmerDiffConfig,
+                     timestep):
     if reference.inversion is not inversion:
         raise ValueError("this ReferencePass was recorded on another Inversion; record one with "
                          "record_reference(model, inversion, cfg) for this inversion")
-    if (reference.timestep, reference.injection) != (int(cfg.modulation_timestep),
-                                                     bool(cfg.attention_injection)):
+    if (reference.timestep, reference.injection) != (timestep, bool(cfg.attention_injection)):
         raise ValueError(f"the ReferencePass was recorded at t_m={reference.timestep}, "
                          f"attention_injection={reference.injection}, but the config asks for "
                          f"t_m={cfg.modulation_timestep}, "
@@ -324,7 +331,7 @@ def _denoise_modulated(model, inversion, offsets, modulation_layer, start, cfg, 
     schedule = inversion_schedule(model, inversion)
     with installed_processors(model.unet, layers, control):
         for step, i in enumerate(range(start, len(inversion.timesteps))):
-            t = int(inversion.timesteps[i])
+            t = inversion.timesteps[i].item()
             if recorded is not None:
                 control.recorded = recorded[step]
             control.offsets = {modulation_layer: offsets} if i == start else {}
@@ -343,26 +350,57 @@ def _denoise_plain(model, inversion, offset, modulation_layer, start, cfg):
     reference = inversion.latents[start:start + 1]
     modulated = reference
     schedule = inversion_schedule(model, inversion)
+    if cfg.attention_injection:  # one step's probabilities of every layer are held at once
+        steps = len(inversion.timesteps) - start
+        check_recording_fits(model, reference_pass_nbytes(model, inversion, cfg) // steps,
+                             "the reference path")
     with installed_processors(model.unet, layers, control):
         for i in range(start, len(inversion.timesteps)):
-            t = torch.tensor([int(inversion.timesteps[i])])
+            step_t = inversion.timesteps[i].item()
+            t = torch.tensor([step_t])
             noise = inversion.noise[i:i + 1]
             if cfg.attention_injection:
                 control.offsets, control.injection = {}, INJECT_RECORD
                 prediction = unet_predict(model, reference, t, inversion.condition)
-                reference = ddpm_step(model, prediction, int(t), reference, noise,
+                reference = ddpm_step(model, prediction, step_t, reference, noise,
                                       schedule)
                 control.injection = INJECT_REPLAY
             control.offsets = {modulation_layer: offset} if i == start else {}
             prediction = unet_predict(model, modulated, t, inversion.condition)
-            modulated = ddpm_step(model, prediction, int(t), modulated, noise,
+            modulated = ddpm_step(model, prediction, step_t, modulated, noise,
                                   schedule)
             control.recorded = {}
     return modulated
 
 
 def _reconstruction_latent(model, inversion, start):
-    return reconstruct(model, inversion, int(inversion.timesteps[start]))[-1]
+    return reconstruct(model, inversion, inversion.timesteps[start].item())[-1]
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on ``device`` in bytes: CUDA's free memory, else the
+    machine's available RAM (0 where it cannot be read: nothing is refused then)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return 0
+
+
+def check_recording_fits(model: EmerDiffModel, nbytes: int, what: str) -> None:
+    """MemoryError, with the estimate, when recorded attention probabilities of ``nbytes``
+    would take more than 80% of :func:`available_bytes` (SD3.5-medium: 2.6 GiB per step at
+    512 px, 31 GiB at 1024 px in bfloat16); use the batched path, which holds one layer's."""
+    available = available_bytes(model.device)
+    if available and nbytes > 0.8 * available:
+        raise MemoryError(f"{what} would record {nbytes / 2**30:.2f} GiB of attention "
+                          f"probabilities, more than fits in the {available / 2**30:.1f} GiB free "
+                          f"on {model.device}; use path='batched' without a recorded reference "
+                          f"(it holds one layer's probabilities at a time), a smaller image, or "
+                          f"attention_injection=False")
 
 
 def auto_batch_size(model: EmerDiffModel, inversion: Inversion, num_elements: int) -> int:

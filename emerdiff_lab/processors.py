@@ -170,7 +170,8 @@ def _apply_probs_to_every_element(attn, probs, value):
 @contextlib.contextmanager
 def installed_processors(unet: torch.nn.Module, layers: list[str] | None,
                          control: AttentionControl):
-    """Installs :class:`EmerDiffAttnProcessor` on ``layers`` (None: every attention layer).
+    """Installs :class:`EmerDiffAttnProcessor` on ``layers`` (None: every attention layer), or
+    :class:`~emerdiff_lab.joint_processors.EmerDiffJointAttnProcessor` on joint attention.
 
     The UNet's own processors (including attention slicing or any custom ones) are restored when
     the block exits, also after an exception. Yields ``control``.
@@ -182,12 +183,21 @@ def installed_processors(unet: torch.nn.Module, layers: list[str] | None,
     if unknown:
         raise ValueError(f"unknown attention layer(s) {sorted(unknown)}; this UNet's attention "
                          f"layers are e.g. {names[:3]}")
-    replacement = {key: (EmerDiffAttnProcessor(name, control) if name in chosen
-                         else original[key])
-                   for key, name in zip(original, names)}
-    # set_attn_processor pops the entries of the dict it is given: always hand it a copy.
-    unet.set_attn_processor(dict(replacement))
+    from .joint_processors import EmerDiffJointAttnProcessor
+    from .layers import is_joint_attention
+
+    # Installed module by module (diffusers' set_attn_processor refuses a partial dict), only
+    # where chosen. Joint text-image attention gets the joint processor, and so does an
+    # image-only attention that diffusers drives with its joint processor (SD3.5's attn2), so
+    # that a whole MM-DiT records and replays probabilities one way.
+    modules = {name: unet.get_submodule(name) for name in names if name in chosen}
+    saved = {name: module.processor for name, module in modules.items()}
     try:
+        for name, module in modules.items():
+            joint = is_joint_attention(module) or "Joint" in type(saved[name]).__name__
+            kind = EmerDiffJointAttnProcessor if joint else EmerDiffAttnProcessor
+            module.set_processor(kind(name, control))
         yield control
     finally:
-        unet.set_attn_processor(dict(original))
+        for name, module in modules.items():
+            module.set_processor(saved[name])

@@ -63,6 +63,12 @@ class DDPMSchedule:
         variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
         return float(variance.sqrt())
 
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, keep: slice) -> torch.Tensor:
+        """x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps_t for the steps ``keep``: x0 (C, h, w),
+        eps (S', C, h, w) -> (S', C, h, w) float32."""
+        alpha_bar = self.alpha_bars[keep].to(x0.device).view(-1, 1, 1, 1)
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+
     def step(self, model_output: torch.Tensor, timestep: int, latents: torch.Tensor,
              noise: torch.Tensor) -> torch.Tensor:
         """x_t -> x_{t-1} = mu_t(x_t) + sigma_t * noise, float32, batched over dim 0.

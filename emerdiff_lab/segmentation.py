@@ -1,5 +1,6 @@
 """EmerDiff end to end: one call from an image to an image-resolution segmentation, with
-provenance."""
+provenance. :func:`segment` is one request to a :class:`emerdiff_lab.session.Session`, which a
+sweep over settings keeps and asks again."""
 
 from __future__ import annotations
 
@@ -14,14 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .assembly import prepare_maps
 from .config import EmerDiffConfig, check_blur_sigma
-from .features import extract_features, kmeans_masks, mask_embeddings
-from .images import check_model_size, labels_to_original, prepare_image
+from .images import check_model_size
 from .layers import check_image_size
-from .inversion import invert
 from .models import EmerDiffModel
-from .modulation import pixel_change_maps
 
 _ARRAYS = ("labels", "model_labels", "lowres_labels", "diff_maps", "mask_embeddings")
 
@@ -180,38 +177,14 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
             the result, so that a caller can re-assemble with another blur or normalisation
             (:func:`emerdiff_lab.assemble`) without denoising again.
     """
+    from .session import Session
+
     cfg = cfg or model.default_config
     image_size = check_segment_settings(model, cfg, image_size)
-    prepared = prepare_image(image, image_size)
-    pixels = prepared.pixels
-    latent = None
-    if features is None or inversion is None:
-        latent = model.encode(pixels[None])[0]  # encoded once, shared by both stages
-    if features is None:
-        features = extract_features(model, pixels, cfg, latent=latent)
-    lowres = kmeans_masks(features, k=cfg.num_masks, seed=cfg.seed,
-                          normalization=cfg.feature_normalization)
-    num_masks = int(lowres.max()) + 1
-    notes = []
-    if num_masks < cfg.num_masks:
-        notes.append(f"k-means found {num_masks} distinct masks, fewer than the {cfg.num_masks} "
-                     f"asked for (the features hold fewer distinct vectors)")
-    if model.random_weights:
-        notes.append(f"model {model.model_id!r} has random weights: the result shows the "
-                     f"method's mechanics, not semantics")
-    if inversion is None:
-        inversion = invert(model, pixels, cfg, latent=latent, progress=progress)
-    raw_maps = pixel_change_maps(model, inversion, lowres, cfg, path=path, progress=progress)
-    maps = prepare_maps(raw_maps, cfg.blur_sigma, cfg.normalize_maps)
-    model_labels = maps.argmax(dim=0)
-    labels = labels_to_original(model_labels, prepared) if original_size else model_labels
-    return Segmentation(
-        labels=labels.cpu(), model_labels=model_labels.cpu(), lowres_labels=lowres.cpu(),
-        diff_maps=maps.cpu(), mask_embeddings=mask_embeddings(features, lowres).cpu(),
-        config=cfg, num_masks=num_masks, image_size=image_size,
-        provenance=provenance(model), notes=tuple(notes),
-        intermediates=Intermediates(pixels.cpu(), features.cpu(), inversion, raw_maps.cpu())
-        if keep_intermediates else None)
+    session = Session(model, image, cfg=cfg, image_size=image_size, progress_bars=progress)
+    session.provide(cfg, features=features, inversion=inversion)
+    return session.segment(cfg, original_size=original_size, path=path,
+                           keep_intermediates=keep_intermediates)
 
 
 def check_segment_settings(model: EmerDiffModel, cfg: EmerDiffConfig,

@@ -42,20 +42,21 @@ _MAX_TOKENS = 77
 def build_tiny_vae(**config):
     """The tiny models' VAE: an 8x ``AutoencoderKL`` (4 latent channels, widths 16-32) with
     random weights drawn from torch's current random state; ``config`` overrides e.g.
-    ``scaling_factor`` or ``force_upcast`` (the SDXL and PixArt miniatures copy theirs)."""
+    ``scaling_factor`` or ``force_upcast`` (the SDXL and PixArt miniatures copy theirs) or
+    ``latent_channels`` (tiny-sd3: 16)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
+    return AutoencoderKL(**{
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (16, 32, 32, 32),
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 16,
         **config,
-    )
+    })
 
 
 def build_tiny_components(seed: int = 0) -> dict:

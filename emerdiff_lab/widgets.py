@@ -4,18 +4,17 @@ see the whole segmentation those settings make, beside naive upsampling and the 
 
 Two layers, so that the logic can be tested without a browser:
 
-- :class:`PerturbationSession` holds one image's features, k-means masks and full inversion (and
-  its labels, when it has them), and answers ``perturbation(region, ...)`` and
-  ``segmentation(...)`` from caches (a revisited setting costs nothing);
-- :class:`Explorer` is the ipywidgets app on top of it. ``open_explorer()`` builds and shows one
-  in a single line: by default the trained ToyWorld model on a held-out test scene.
+- a :class:`emerdiff_lab.session.Session` (made by :func:`explorer_session`) holds the image's
+  stages and answers every perturbation and segmentation from its caches (a revisited setting
+  costs nothing);
+- :class:`Explorer` is the ipywidgets app on top of it: it turns its controls into configs
+  (:meth:`Explorer.setting`) and asks the session. ``open_explorer()`` builds and shows one in a
+  single line: by default the trained ToyWorld model on a held-out test scene.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,19 +37,6 @@ DEFAULT_SCENE = 0
 
 
 @dataclass(frozen=True)
-class Setting:
-    """Everything a perturbation depends on besides the image: the cache key."""
-
-    region: bytes
-    grid: tuple[int, int]
-    strength: float
-    timestep: int
-    layer: str
-    injection: bool
-    placement: str
-
-
-@dataclass(frozen=True)
 class SegmentationView:
     """The whole segmentation for one setting of the explorer's controls.
 
@@ -69,187 +55,17 @@ class SegmentationView:
     seconds: float
 
 
-class PerturbationSession:
-    """One image prepared for repeated perturbations.
+def explorer_session(model, image, cfg=None, *, labels=None, image_size: int | None = None,
+                     **session_options):
+    """A :class:`emerdiff_lab.session.Session` ready for the explorer: its trajectory reaches
+    the top of the schedule (so that every t_m of the slider is served without inverting
+    again) and the default setting's reference pass is recorded up front."""
+    from .session import Session
 
-    Computes once: features and k-means masks (``lowres``), and a full-trajectory inversion, so
-    that any t_m on the schedule can be explored. ``perturbation`` caches its results (least
-    recently used first out, ``max_entries`` of them). Per t_m and injection setting it also
-    records the unmodulated pass once (:func:`emerdiff_lab.modulation.record_reference`), when
-    it fits in ``reference_budget`` bytes, so that a new region costs two batch elements per
-    UNet call instead of three; the default setting's is recorded up front.
-
-    Attributes:
-        image: (3, S, S) the image the model sees.
-        labels: (S, S) int64 ground-truth classes (255 = ignore), or None.
-        features: (h, w, C); lowres: (h, w) int64 k-means masks.
-        grid: (h, w) of the modulation layers' token grid.
-        timesteps: the schedule's timesteps, ascending (valid t_m values).
-        layers: the cross-attention layers of the semantic block (valid modulated layers).
-        hits, misses: cache statistics.
-    """
-
-    def __init__(self, model, image, cfg=None, *, labels=None, image_size: int | None = None,
-                 max_entries: int = 64, progress: bool = False,
-                 reference_budget: int = 512 * 2**20):
-        """``labels``: optional (H, W) class ids of ``image`` (255 = ignore); cropped and resized
-        (nearest) the way the image is, so that the segmentation can be scored."""
-        from .features import extract_features, kmeans_masks, layer_names
-        from .evaluation.datasets import label_to_model
-        from .images import load_image
-        from .inversion import invert
-        from .layers import find_semantic_block
-
-        self.model = model
-        self.cfg = cfg or model.default_config
-        if image_size is None:
-            image_size = model.native_image_size
-        self.image = load_image(image, image_size)
-        self.image_size = image_size
-        self.labels = None if labels is None else \
-            torch.from_numpy(label_to_model(np.asarray(labels).astype(np.int64), image_size))
-        self.features = extract_features(model, self.image, self.cfg)
-        self.lowres = kmeans_masks(self.features, k=self.cfg.num_masks, seed=self.cfg.seed,
-                                   normalization=self.cfg.feature_normalization).cpu()
-        self.inversion = invert(model, self.image, self.cfg, full_trajectory=True,
-                                progress=progress)
-        self.timesteps = sorted(int(t) for t in self.inversion.timesteps)
-        block = find_semantic_block(model.unet)
-        self.layers = list(block.cross_attention_layers)
-        self.default_layer = layer_names(model, self.cfg, image_size)[1]
-        self.grid = (block.feature_size(image_size, model.vae_scale_factor),) * 2
-        self.num_masks = int(self.lowres.max()) + 1
-        self.max_entries = max_entries
-        self._cache: OrderedDict[Setting, object] = OrderedDict()
-        self._segmentations: OrderedDict[tuple, SegmentationView] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-        self.last_seconds = 0.0
-        self.reference_budget = reference_budget
-        self._references: OrderedDict[tuple, object] = OrderedDict()
-        self._reference_pass(self.cfg)
-
-    # -- regions
-    def cell_region(self, row: int, col: int) -> torch.Tensor:
-        """(h, w) bool with the one cell (row, col) set."""
-        h, w = self.grid
-        if not (0 <= row < h and 0 <= col < w):
-            raise ValueError(f"cell ({row}, {col}) is outside the {h}x{w} grid")
-        region = torch.zeros(self.grid, dtype=torch.bool)
-        region[row, col] = True
-        return region
-
-    def mask_region(self, index: int) -> torch.Tensor:
-        """(h, w) bool of k-means mask ``index``."""
-        if not 0 <= index < self.num_masks:
-            raise ValueError(f"mask {index} does not exist; masks are 0..{self.num_masks - 1}")
-        return self.lowres == index
-
-    # -- the cached computation
-    def setting(self, region, *, strength: float | None = None, timestep: int | None = None,
-                layer: str | None = None, injection: bool | None = None,
-                placement: str | None = None) -> Setting:
-        region = torch.as_tensor(region).bool().cpu()
-        if tuple(region.shape) != self.grid:
-            raise ValueError(f"region must be {self.grid}, got {tuple(region.shape)}")
-        timestep = int(self.cfg.modulation_timestep if timestep is None else timestep)
-        if timestep not in self.timesteps:
-            raise ValueError(f"t_m={timestep} is not on the schedule; choose one of "
-                             f"{self.timesteps}")
-        return Setting(
-            region=np.packbits(region.numpy()).tobytes(), grid=self.grid,
-            strength=float(self.cfg.modulation_strength if strength is None else strength),
-            timestep=timestep, layer=layer or self.default_layer,
-            injection=bool(self.cfg.attention_injection if injection is None else injection),
-            placement=placement or self.cfg.offset_placement)
-
-    def is_cached(self, setting: Setting) -> bool:
-        return setting in self._cache
-
-    def perturbation(self, region, **options):
-        """The :class:`emerdiff_lab.Perturbation` of ``region`` under ``options`` (strength,
-        timestep, layer, injection, placement; None = the session's config); cached."""
-        from .modulation import perturb
-
-        key = self.setting(region, **options)
-        if key in self._cache:
-            self.hits += 1
-            self._cache.move_to_end(key)
-            self.last_seconds = 0.0
-            return self._cache[key]
-        self.misses += 1
-        cfg = self.cfg.replace(modulation_strength=key.strength, modulation_timestep=key.timestep,
-                               modulation_layer=key.layer, attention_injection=key.injection,
-                               offset_placement=key.placement)
-        start = time.perf_counter()
-        result = perturb(self.model, self.inversion, torch.as_tensor(region).bool(), cfg,
-                         reference=self._reference_pass(cfg))
-        self.last_seconds = time.perf_counter() - start
-        self._cache[key] = result
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
-        return result
-
-    def _reference_pass(self, cfg):
-        """The recorded unmodulated pass for cfg's t_m and injection (recorded on first use), or
-        None where it would not fit in ``reference_budget``; the passes held together stay
-        within that budget (least recently used dropped first)."""
-        from .modulation import record_reference
-
-        key = (int(cfg.modulation_timestep), bool(cfg.attention_injection))
-        if key not in self._references:
-            self._references[key] = record_reference(self.model, self.inversion, cfg,
-                                                      max_bytes=self.reference_budget)
-        self._references.move_to_end(key)
-        while sum(r.nbytes for r in self._references.values() if r is not None) \
-                > self.reference_budget:
-            self._references.popitem(last=False)
-        return self._references[key]
-
-    def cache_info(self) -> dict:
-        return {"hits": self.hits, "misses": self.misses, "entries": len(self._cache),
-                "max_entries": self.max_entries, "segmentations": len(self._segmentations),
-                "reference_passes": sum(r is not None for r in self._references.values())}
-
-    # -- the whole segmentation
-    def segmentation_key(self, **options) -> tuple:
-        """What a segmentation depends on: every option of a perturbation but the region."""
-        key = self.setting(torch.zeros(self.grid, dtype=torch.bool), **options)
-        return (key.strength, key.timestep, key.layer, key.injection, key.placement)
-
-    def has_segmentation(self, **options) -> bool:
-        return self.segmentation_key(**options) in self._segmentations
-
-    def segmentation(self, **options) -> SegmentationView:
-        """Every k-means mask perturbed under ``options`` (as :meth:`perturbation`), assembled
-        into labels with the session's blur; cached per setting (the last ``max_entries // 8``,
-        at least 4). Costs about K single-cell perturbations, batched."""
-        from .assembly import prepare_maps, upsample_bilinear
-        from .modulation import pixel_change_maps
-
-        key = self.segmentation_key(**options)
-        if key in self._segmentations:
-            self._segmentations.move_to_end(key)
-            return dataclasses.replace(self._segmentations[key], seconds=0.0)
-        strength, timestep, layer, injection, placement = key
-        cfg = self.cfg.replace(modulation_strength=strength, modulation_timestep=timestep,
-                               modulation_layer=layer, attention_injection=injection,
-                               offset_placement=placement)
-        start = time.perf_counter()
-        maps = pixel_change_maps(self.model, self.inversion, self.lowres, cfg, progress=False)
-        labels = prepare_maps(maps, cfg.blur_sigma, cfg.normalize_maps).argmax(dim=0).cpu()
-        naive = upsample_bilinear(self.lowres, self.image_size)
-        view = SegmentationView(labels, naive, self._miou(labels), self._miou(naive),
-                                time.perf_counter() - start)
-        self._segmentations[key] = view
-        while len(self._segmentations) > max(4, self.max_entries // 8):
-            self._segmentations.popitem(last=False)
-        return view
-
-    def _miou(self, labels: torch.Tensor) -> float | None:
-        from .evaluation.metrics import hungarian_miou
-
-        return None if self.labels is None else float(hungarian_miou(labels, self.labels).miou)
+    session = Session(model, image, labels, cfg=cfg, image_size=image_size, **session_options)
+    session.inversion(session.cfg, depth=max(session.timesteps()))
+    session.reference_pass(session.cfg)
+    return session
 
 
 class Explorer:
@@ -267,26 +83,39 @@ class Explorer:
     ``emerdiff_view``, ``truth_view`` and ``segment_status``. Every change recomputes through
     the session's caches; the panel shows the current setting's segmentation when it has been
     computed, and says so when the controls have moved on since.
+
+    What the controls select is read from ``session`` (a :func:`explorer_session`): ``grid``,
+    ``lowres`` (the k-means masks of the session's config), ``num_masks``, ``timesteps``,
+    ``layers``, ``default_layer``; ``hits`` and ``misses`` count perturbations asked for.
     """
 
-    def __init__(self, session: PerturbationSession, *, display_size: int = DISPLAY_SIZE):
+    def __init__(self, session, *, display_size: int = DISPLAY_SIZE):
         import ipywidgets as w
 
         self.session = session
         self.display_size = display_size
-        cfg, (h, wd) = session.cfg, session.grid
+        self.cfg = session.cfg
+        self.grid = session.region_grid()
+        self.lowres = session.masks()
+        self.num_masks = int(self.lowres.max()) + 1
+        self.timesteps = session.timesteps()
+        self.layers = session.candidate_layers()
+        self.default_layer = session.resolved().modulation_layer
+        self.hits = self.misses = 0
+        self.last_seconds = 0.0
+        cfg, (h, wd) = self.cfg, self.grid
         self.mode = w.ToggleButtons(options=["cell", "mask"], value="cell",
                                     description="region")
         self.row = w.IntSlider(value=h // 2, min=0, max=h - 1, description="row")
         self.col = w.IntSlider(value=wd // 2, min=0, max=wd - 1, description="column")
-        self.mask = w.Dropdown(options=[(f"mask {i}", i) for i in range(session.num_masks)],
-                               value=int(session.lowres[h // 2, wd // 2]), description="mask")
+        self.mask = w.Dropdown(options=[(f"mask {i}", i) for i in range(self.num_masks)],
+                               value=int(self.lowres[h // 2, wd // 2]), description="mask")
         self.strength = w.FloatLogSlider(value=float(cfg.modulation_strength), base=10, min=-1,
                                          max=2.5, step=0.1, description="lambda")
-        self.timestep = w.SelectionSlider(options=session.timesteps,
+        self.timestep = w.SelectionSlider(options=self.timesteps,
                                           value=int(cfg.modulation_timestep), description="t_m")
-        self.layer = w.Dropdown(options=[(_short(n), n) for n in session.layers],
-                                value=session.default_layer, description="layer")
+        self.layer = w.Dropdown(options=[(_short(n), n) for n in self.layers],
+                                value=self.default_layer, description="layer")
         self.injection = w.Checkbox(value=bool(cfg.attention_injection),
                                     description="attention injection")
         self.placement = w.Dropdown(options=["after_projection", "before_projection"],
@@ -329,10 +158,60 @@ class Explorer:
         self.widget = self._layout()
         self.update()
 
+    # -- from controls to settings
+    def setting(self, *, strength: float | None = None, timestep: int | None = None,
+                layer: str | None = None, injection: bool | None = None,
+                placement: str | None = None):
+        """The config the controls' values (None: the session's) select."""
+        timestep = int(self.cfg.modulation_timestep if timestep is None else timestep)
+        if timestep not in self.timesteps:
+            raise ValueError(f"t_m={timestep} is not on the schedule; choose one of "
+                             f"{self.timesteps}")
+        return self.cfg.replace(
+            modulation_strength=float(self.cfg.modulation_strength if strength is None
+                                      else strength),
+            modulation_timestep=timestep, modulation_layer=layer or self.default_layer,
+            attention_injection=bool(self.cfg.attention_injection if injection is None
+                                     else injection),
+            offset_placement=placement or self.cfg.offset_placement)
+
+    def is_cached(self, region, **options) -> bool:
+        return self.session.is_cached("one_region", self.setting(**options), path="replayed",
+                                      region=region)
+
+    def perturbation(self, region, **options):
+        """The :class:`emerdiff_lab.Perturbation` of ``region`` under ``options`` (strength,
+        timestep, layer, injection, placement; None = the session's config), from the
+        session (the recorded reference pass replayed when it fits)."""
+        cfg = self.setting(**options)
+        cached = self.is_cached(region, **options)
+        self.hits, self.misses = self.hits + cached, self.misses + (not cached)
+        start = time.perf_counter()
+        result = self.session.perturbation(region, cfg)
+        self.last_seconds = 0.0 if cached else time.perf_counter() - start
+        return result
+
+    def has_segmentation(self, **options) -> bool:
+        return self.session.is_cached("labels", self.setting(**options))
+
+    def segmentation(self, **options) -> SegmentationView:
+        """Every k-means mask perturbed under ``options`` (as :meth:`perturbation`), assembled
+        into labels with the session's blur and scored; the session keeps it per setting."""
+        from .assembly import upsample_bilinear
+
+        cfg = self.setting(**options)
+        cached = self.has_segmentation(**options)
+        start = time.perf_counter()
+        labels = self.session.labels(cfg)
+        naive = upsample_bilinear(self.lowres, self.session.image_size)
+        return SegmentationView(labels, naive, self.session.miou(labels),
+                                self.session.miou(naive),
+                                0.0 if cached else time.perf_counter() - start)
+
     # -- state
     def region(self) -> torch.Tensor:
         if self.mode.value == "mask":
-            return self.session.mask_region(self.mask.value)
+            return self.lowres == self.mask.value
         return self.session.cell_region(self.row.value, self.col.value)
 
     def options(self) -> dict:
@@ -342,18 +221,18 @@ class Explorer:
 
     def current(self):
         """The :class:`emerdiff_lab.Perturbation` on display (from the cache)."""
-        return self.session.perturbation(self.region(), **self.options())
+        return self.perturbation(self.region(), **self.options())
 
     # -- updates
     def _on_change(self, change) -> None:
         if change["owner"] is self.mode and change["new"] == "mask":
-            self.mask.value = int(self.session.lowres[self.row.value, self.col.value])
+            self.mask.value = int(self.lowres[self.row.value, self.col.value])
         self.update()
 
     def _on_cell_click(self, row: int, col: int) -> None:
         def select():
             self.row.value, self.col.value = row, col
-            self.mask.value = int(self.session.lowres[row, col])
+            self.mask.value = int(self.lowres[row, col])
 
         self._quiet(select)
         self.update()
@@ -372,26 +251,25 @@ class Explorer:
         session = self.session
         options = self.options()
         region = self.region()
-        cached = session.is_cached(session.setting(region, **options))
+        cached = self.is_cached(region, **options)
         start = time.perf_counter()
-        pert = session.perturbation(region, **options)
+        pert = self.perturbation(region, **options)
         seconds = time.perf_counter() - start
         size = self.display_size
-        self.image_view.value = png_bytes(grid_image(session.image, session.grid, region,
-                                                     session.lowres if self.mode.value == "mask"
+        self.image_view.value = png_bytes(grid_image(session.pixels, self.grid, region,
+                                                     self.lowres if self.mode.value == "mask"
                                                      else None, display_size=size))
         self.plus_view.value = png_bytes(_to_uint8(pert.plus), size)
         self.minus_view.value = png_bytes(_to_uint8(pert.minus), size)
         heat = heatmap_rgb(pert.diff)
         if self.overlay.value:
-            heat = _blend(session.image, heat)
+            heat = _blend(session.pixels, heat)
         self.diff_view.value = png_bytes(heat, size)
-        info = session.cache_info()
         where = "from cache" if cached else f"computed in {seconds:.2f} s"
         self.status.value = (
             f"<b>{model_tag(session.model)}</b><br>"
             f"region: {int(region.sum())} cell(s); max change {float(pert.diff.max()):.4f} "
-            f"({where}); cache {info['hits']} hits / {info['misses']} misses")
+            f"({where}); cache {self.hits} hits / {self.misses} misses")
         self._paint_cells(region)
         self._show_segmentation()
         self.updates += 1
@@ -400,7 +278,7 @@ class Explorer:
     def segment(self) -> SegmentationView:
         """Computes (or fetches) the segmentation for the current setting and shows it."""
         self.segment_status.value = "segmenting: every k-means mask perturbed ..."
-        view = self.session.segmentation(**self.options())
+        view = self.segmentation(**self.options())
         self.segment_panel.layout.display = "flex"
         self._show_segmentation(view)
         return view
@@ -412,19 +290,19 @@ class Explorer:
         if view is None:
             if self.segment_panel.layout.display == "none":
                 return
-            if not session.has_segmentation(**options):
+            if not self.has_segmentation(**options):
                 self.segment_status.value = (
                     "<b>out of date:</b> the controls changed since this segmentation; press "
                     "<b>Segment</b> for the current setting")
                 return
-            view = session.segmentation(**options)
-        truth = session.labels
+            view = self.segmentation(**options)
+        truth = session.truth
         mapping = None if truth is None else matched_mapping(view.labels, truth)
         size = self.display_size
         self.naive_view.value = png_bytes(label_colours(view.naive, mapping), size)
         self.emerdiff_view.value = png_bytes(label_colours(view.labels, mapping), size)
         self.truth_view.value = png_bytes(
-            label_colours(truth) if truth is not None else _to_uint8(session.image), size)
+            label_colours(truth) if truth is not None else _to_uint8(session.pixels), size)
         where = "from cache" if view.seconds == 0 else f"computed in {view.seconds:.1f} s"
         if truth is None:
             scores = "no labels for this image: nothing to score (right: the image)"
@@ -443,15 +321,15 @@ class Explorer:
 
         from .io import colorize
 
-        h, wd = self.session.grid
-        colors = colorize(self.session.lowres.numpy())
+        h, wd = self.grid
+        colors = colorize(self.lowres.numpy())
         size = max(12, min(28, 320 // max(h, wd)))
         self._cell_colors = [[f"#{c[0]:02x}{c[1]:02x}{c[2]:02x}" for c in row] for row in colors]
         buttons = []
         for i in range(h):
             for j in range(wd):
                 button = w.Button(description="", tooltip=f"cell ({i}, {j}), mask "
-                                                          f"{int(self.session.lowres[i, j])}",
+                                                          f"{int(self.lowres[i, j])}",
                                   layout=w.Layout(width=f"{size}px", height=f"{size}px",
                                                   padding="0", margin="0"))
                 button.style.button_color = self._cell_colors[i][j]
@@ -462,7 +340,7 @@ class Explorer:
             grid_template_columns=f"repeat({wd}, {size}px)", grid_gap="1px"))
 
     def _paint_cells(self, region: torch.Tensor) -> None:
-        wd = self.session.grid[1]
+        wd = self.grid[1]
         for index, button in enumerate(self._buttons):
             i, j = divmod(index, wd)
             button.style.button_color = "#00ffff" if bool(region[i, j]) else \
@@ -486,7 +364,8 @@ class Explorer:
     def _segment_panel(self):
         import ipywidgets as w
 
-        truth = "ground truth" if self.session.labels is not None else "image (no labels)"
+        truth = "ground truth" if self.session.truth is not None else \
+            "image (no labels)"
         views = w.HBox([w.VBox([w.HTML(f"<b>{text}</b>"), view]) for view, text in (
             (self.naive_view, "naive upsampling of the masks"),
             (self.emerdiff_view, "EmerDiff"), (self.truth_view, truth))])
@@ -508,7 +387,7 @@ class Explorer:
 
         opts = self.options()
         return plot_perturbations(
-            self.session.image, [self.current()], model=self.session.model,
+            self.session.pixels, [self.current()], model=self.session.model,
             title=f"{title}: lambda={opts['strength']:g}, t_m={opts['timestep']}, "
                   f"{_short(opts['layer'])}, injection {'on' if opts['injection'] else 'off'}")
 
@@ -535,8 +414,8 @@ def open_explorer(model="toyworld", image=None, cfg=None, *, labels=None,
         model = load_model(model, device=device)
     if image is None:
         image, labels = default_scene(image_size or model.native_image_size)
-    session = PerturbationSession(model, image, cfg, labels=labels, image_size=image_size,
-                                  **session_options)
+    session = explorer_session(model, image, cfg, labels=labels, image_size=image_size,
+                               **session_options)
     explorer = Explorer(session)
     if display:
         from IPython.display import display as show

@@ -246,34 +246,15 @@ def setting_scores(model, images: torch.Tensor, labels: torch.Tensor, settings: 
             False}}; each is applied to ``cfg`` (default ``model.default_config``).
 
     Returns:
-        {"naive": [...], name: [...] for each setting}, one mIoU per scene. Work is shared:
-        one set of k-means masks and one inversion per scene.
+        {"naive": [...], name: [...] for each setting}, one mIoU per scene; "naive" upsamples
+        ``cfg``'s masks (:func:`emerdiff_lab.toyworld.evaluation.config_scores`: one
+        session per scene, every setting reusing the stages it does not change).
     """
-    from tqdm.auto import tqdm
-
-    from .assembly import assemble, upsample_bilinear
-    from .features import extract_features, kmeans_masks
-    from .inversion import invert
-    from .modulation import pixel_change_maps
+    from .toyworld.evaluation import config_scores
 
     cfg = cfg or model.default_config
     configs = {name: cfg.replace(**changes) for name, changes in settings.items()}
-    # An inversion up to the largest t_m serves every smaller one (they share their steps).
-    deepest = cfg.replace(modulation_timestep=max(c.modulation_timestep
-                                                  for c in configs.values()))
-    scores = {"naive": [], **{name: [] for name in configs}}
-    bar = tqdm(total=len(images) * len(configs), desc="segment", disable=not progress)
-    for image, truth in zip(images, labels):
-        lowres = kmeans_masks(extract_features(model, image, cfg), k=cfg.num_masks,
-                              seed=cfg.seed, normalization=cfg.feature_normalization)
-        scores["naive"].append(miou(upsample_bilinear(lowres, image.shape[-1]), truth))
-        inversion = invert(model, image, deepest, progress=False)
-        for name, setting in configs.items():
-            maps = pixel_change_maps(model, inversion, lowres, setting, progress=False)
-            scores[name].append(miou(assemble(maps, setting.blur_sigma), truth))
-            bar.update()
-    bar.close()
-    return scores
+    return config_scores(model, images, labels, configs, cfg, progress=progress)
 
 
 def sweep(model, images: torch.Tensor, labels: torch.Tensor, timesteps, strengths,

@@ -126,11 +126,12 @@ def activation_rms(model, pixels: torch.Tensor, cfg) -> dict[str, float]:
 
 def run_sweep(args) -> None:
     """Validation-scene search: mask mIoU over feature timesteps and feature layers (cheap), then
-    EmerDiff over modulation timestep x strength for the trained model (shared inversions)."""
+    EmerDiff over modulation timestep x strength for the trained model (a loop over configs on
+    one Session per scene: one inversion to the deepest t_m)."""
     import emerdiff_lab as edl
-    from emerdiff_lab.assembly import prepare_maps, upsample_bilinear
-    from emerdiff_lab.layers import find_semantic_block
     from emerdiff_lab.evaluation.metrics import hungarian_miou
+    from emerdiff_lab.layers import find_semantic_block
+    from emerdiff_lab.toyworld.evaluation import config_scores
 
     pixels, labels = heldout_scenes(args.n, start=VALIDATION_SEED_START)
     report = {"n": args.n, "start": VALIDATION_SEED_START, "masks": {}, "emerdiff": {}}
@@ -151,21 +152,13 @@ def run_sweep(args) -> None:
     report["activation_rms"] = activation_rms(model, pixels, base)
     print(f"modulation layer activation RMS (trained, t={base.modulation_timestep}): "
           f"{report['activation_rms']}", flush=True)
-    grid = [(t_m, lam) for t_m in (281, 481) for lam in args.strengths]
-    scores = {g: {"naive": [], "emerdiff": [], "emerdiff_norm": []} for g in grid}
-    for i in range(args.n):
-        lowres = edl.kmeans_masks(edl.extract_features(model, pixels[i], base), k=base.num_masks,
-                                  seed=base.seed)
-        inversion = edl.invert(model, pixels[i], base, progress=False)
-        for t_m, lam in grid:
-            cfg = base.replace(modulation_timestep=t_m, modulation_strength=lam)
-            raw = edl.pixel_change_maps(model, inversion, lowres, cfg, progress=False)
-            naive = upsample_bilinear(lowres, 64)
-            scores[(t_m, lam)]["naive"].append(hungarian_miou(naive, labels[i]).miou)
-            for key, norm in (("emerdiff", False), ("emerdiff_norm", True)):
-                pred = prepare_maps(raw, cfg.blur_sigma, norm).argmax(0)
-                scores[(t_m, lam)][key].append(hungarian_miou(pred, labels[i]).miou)
-        print(f"scene {i + 1}/{args.n} done", flush=True)
+    grid = [(t_m, lam) for t_m in args.timesteps for lam in args.strengths]
+    configs = {(t_m, lam, norm): base.replace(modulation_timestep=t_m, modulation_strength=lam,
+                                              normalize_maps=norm)
+               for t_m, lam in grid for norm in (False, True)}
+    measured = config_scores(model, pixels, labels, configs, base, progress=not args.quiet)
+    scores = {(t_m, lam): {"naive": measured["naive"], "emerdiff": measured[(t_m, lam, False)],
+                           "emerdiff_norm": measured[(t_m, lam, True)]} for t_m, lam in grid}
     for (t_m, lam), s in scores.items():
         means = {k: float(np.mean(v)) for k, v in s.items()}
         report["emerdiff"][f"t_m={t_m} lambda={lam}"] = means
@@ -184,6 +177,8 @@ def main(argv=None) -> None:
     p.add_argument("--control-seed", type=int, default=0, help="random-weight control's seed")
     p.add_argument("--strengths", type=float, nargs="+", default=[3.0, 10.0, 30.0],
                    help="sweep: modulation strengths (lambda)")
+    p.add_argument("--timesteps", type=int, nargs="+", default=[281, 481],
+                   help="sweep: modulation timesteps (t_m), any on the schedule")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--record", action="store_true",

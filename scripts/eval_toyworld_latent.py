@@ -145,13 +145,13 @@ def run_table(args) -> None:
 
 
 def run_sweep(args) -> None:
-    """Validation scenes: EmerDiff over t_m x lambda (shared inversions), blur sigma and map
-    normalisation applied to the same raw maps; mask mIoU over the feature layers."""
+    """Validation scenes: EmerDiff over t_m x lambda x blur sigma x map normalisation, a loop
+    over configs on one Session per scene (one inversion to the deepest t_m; blur and
+    normalisation re-assemble the same raw maps); mask mIoU over the feature layers."""
     import emerdiff_lab as edl
-    from emerdiff_lab.assembly import prepare_maps, upsample_bilinear
-    from emerdiff_lab.layers import find_semantic_block
     from emerdiff_lab.evaluation.metrics import hungarian_miou
-    from emerdiff_lab.toyworld.evaluation import nearest_upsample
+    from emerdiff_lab.layers import find_semantic_block
+    from emerdiff_lab.toyworld.evaluation import config_scores, nearest_upsample
 
     model = load_toyworld_latent(weights=args.weights)
     pixels, labels = scenes(args.n, start=VALIDATION_SEED_START)
@@ -166,22 +166,10 @@ def run_sweep(args) -> None:
         print(f"masks {layer}: {np.mean(values):.3f}", flush=True)
     grid = [(t_m, lam) for t_m in args.timesteps for lam in args.strengths]
     blurs = (1.0, 2.0, 4.0, 8.0)
-    scores: dict = {}
-    for i in range(args.n):
-        lowres = edl.kmeans_masks(edl.extract_features(model, pixels[i], base),
-                                  k=base.num_masks, seed=base.seed)
-        scores.setdefault("naive", []).append(hungarian_miou(upsample_bilinear(lowres, IMAGE_SIZE),
-                                                         labels[i]).miou)
-        inversion = edl.invert(model, pixels[i], base, progress=False)
-        for t_m, lam in grid:
-            raw = edl.pixel_change_maps(model, inversion, lowres, base.replace(
-                modulation_timestep=t_m, modulation_strength=lam), progress=False)
-            for blur in blurs:
-                for norm in (False, True):
-                    key = f"t_m={t_m} lambda={lam} blur={blur} norm={norm}"
-                    scores.setdefault(key, []).append(
-                        hungarian_miou(prepare_maps(raw, blur, norm).argmax(0), labels[i]).miou)
-        print(f"scene {i + 1}/{args.n} done", flush=True)
+    configs = {f"t_m={t_m} lambda={lam} blur={blur} norm={norm}": base.replace(
+        modulation_timestep=t_m, modulation_strength=lam, blur_sigma=blur, normalize_maps=norm)
+        for t_m, lam in grid for blur in blurs for norm in (False, True)}
+    scores = config_scores(model, pixels, labels, configs, base, progress=True)
     report["emerdiff"] = {k: float(np.mean(v)) for k, v in scores.items()}
     for key, value in sorted(report["emerdiff"].items(), key=lambda kv: -kv[1]):
         print(f"{value:.3f}  {key}")

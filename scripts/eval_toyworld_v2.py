@@ -52,31 +52,21 @@ def chosen_config(model, out: Path):
 
 
 def run_sweep(args) -> None:
-    """EmerDiff's Hungarian mIoU on validation scenes over t_m x lambda (one inversion per scene)
-    and blur (applied to the same raw maps); writes out/settings.json with the best setting."""
-    import emerdiff_lab as edl
-    from emerdiff_lab.assembly import prepare_maps
-    from emerdiff_lab.evaluation.metrics import hungarian_miou
+    """EmerDiff's Hungarian mIoU on validation scenes over t_m x lambda x blur (one session per
+    scene: inversion and maps shared where the settings allow); writes out/settings.json with
+    the best setting."""
+    from emerdiff_lab.toyworld.evaluation import config_scores
+    from emerdiff_lab.toyworld.evaluation_latent import scenes
 
     model = load_toyworld_v2(weights=args.weights)
-    base = model.default_config
-    table: dict[str, list[float]] = {}
-    for i in range(args.n):
-        pixels, labels, _ = scene(VALIDATION_SEED_START + i)
-        lowres = edl.kmeans_masks(edl.extract_features(model, pixels, base), k=base.num_masks,
-                                  seed=base.seed)
-        inversion = edl.invert(model, pixels, base, progress=False)
-        for t_m in args.timesteps:
-            for strength in args.strengths:
-                cfg = base.replace(modulation_timestep=t_m, modulation_strength=strength)
-                raw = edl.pixel_change_maps(model, inversion, lowres, cfg, progress=False)
-                for blur in args.blurs:
-                    labels_pred = prepare_maps(raw, blur, False).argmax(0)
-                    table.setdefault(json.dumps([t_m, strength, blur]), []).append(
-                        hungarian_miou(labels_pred, labels).miou)
-        print(f"validation scene {i + 1}/{args.n}", flush=True)
-    means = {k: float(np.mean(v)) for k, v in table.items()}
-    best = max(means, key=means.get)
+    base = model.default_config.replace(normalize_maps=False)
+    grid = {json.dumps([t_m, strength, blur]): base.replace(
+        modulation_timestep=t_m, modulation_strength=strength, blur_sigma=blur)
+        for t_m in args.timesteps for strength in args.strengths for blur in args.blurs}
+    images, labels = scenes(args.n, start=VALIDATION_SEED_START)
+    scores = config_scores(model, images, labels, grid, base, progress=True)
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    best = max(grid, key=means.get)
     report = {"n": args.n, "start": VALIDATION_SEED_START, "weights": str(args.weights),
               "weights_sha256": sha256(args.weights), "mean_miou": means,
               "chosen": dict(zip(SETTINGS_KEYS, json.loads(best)))}

@@ -22,7 +22,7 @@ from tolerances import LATENT_REL, assert_close, assert_decoded_close
 
 PACKAGE = Path(edl.__file__).resolve().parent
 ENGINE_MODULES = ("features", "inversion", "modulation", "processors", "assembly",
-                  "segmentation", "layers", "schedule")
+                  "segmentation", "layers", "schedule", "flow_schedule", "joint_processors")
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,10 @@ def test_engine_modules_name_no_architecture(module):
     import re
 
     pattern = re.compile(r"sdxl|(^|[^a-z])xl([^a-z]|$)|text_encoder_2|addition_embed|"
-                         r"added_cond|pixart|stablediffusion", re.IGNORECASE)
+                         r"added_cond|pixart|stablediffusion|sd3|text_encoder_3|"
+                         r"pooled_projections", re.IGNORECASE)
     hits = [s for s in _code_strings_and_names(PACKAGE / f"{module}.py") if pattern.search(s)]
-    assert not hits, f"{module}.py names an architecture: {hits} (use architectures.py)"
+    assert not hits, f"{module}.py names an architecture: {hits} (use the architectures package)"
 
 
 def test_core_imports_nothing_else_from_the_package():

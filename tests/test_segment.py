@@ -63,11 +63,10 @@ def test_kmeans_on_few_distinct_features_drops_empty_clusters():
 def test_uniform_image_gives_fewer_masks_not_an_error(tiny_model, small_cfg, monkeypatch):
     # A uniform photo still has position-dependent features in a real UNet, so the features
     # of a uniform image are stood in for: two distinct vectors on the 4x4 grid.
-    from emerdiff_lab import segmentation
-
     features = torch.zeros(4, 4, 64)
     features[2:, :, 0] = 1.0
-    monkeypatch.setattr(segmentation, "extract_features", lambda *args, **kwargs: features)
+    monkeypatch.setattr("emerdiff_lab.features.extract_features",
+                        lambda *args, **kwargs: features)
     seg = edl.segment(tiny_model, torch.full((3, 128, 128), 0.5), small_cfg, image_size=128,
                       progress=False)
     assert seg.num_masks == 2 < small_cfg.num_masks

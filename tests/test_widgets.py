@@ -21,8 +21,8 @@ def session(tiny_model):
     labels = torch.zeros(128, 128, dtype=torch.int64)
     labels[30:90, 40:100] = 1                            # the square is class 1
     cfg = tiny_model.default_config.replace(num_masks=4)
-    return widgets.PerturbationSession(tiny_model, image.clamp(0, 1), cfg, labels=labels,
-                                       image_size=128)
+    return widgets.explorer_session(tiny_model, image.clamp(0, 1), cfg, labels=labels,
+                                    image_size=128)
 
 
 @pytest.fixture
@@ -30,11 +30,12 @@ def explorer(session):
     return widgets.Explorer(session)
 
 
-def test_session_prepares_grid_masks_and_full_schedule(session):
-    assert session.grid == (4, 4)                       # tiny model at 128 px
-    assert session.lowres.shape == (4, 4) and session.num_masks <= 4
-    assert 281 in session.timesteps and 981 in session.timesteps
-    assert len(session.layers) == 3 and session.default_layer == session.layers[2]
+def test_session_prepares_grid_masks_and_full_schedule(explorer, session):
+    assert explorer.grid == (4, 4)                       # tiny model at 128 px
+    assert explorer.lowres.shape == (4, 4) and explorer.num_masks <= 4
+    assert 281 in explorer.timesteps and 981 in explorer.timesteps
+    assert session.cache_info()["inversion_depths"] == [981]   # every t_m served
+    assert len(explorer.layers) == 3 and explorer.default_layer == explorer.layers[2]
 
 
 @pytest.mark.parametrize("control, value", [
@@ -48,9 +49,9 @@ def test_setting_a_control_changes_the_displayed_map(explorer, control, value):
     assert explorer.diff_view.value != before, f"changing {control} left the map unchanged"
 
 
-def test_layer_control_changes_the_map(explorer, session):
+def test_layer_control_changes_the_map(explorer):
     before = explorer.diff_view.value
-    explorer.layer.value = session.layers[0]
+    explorer.layer.value = explorer.layers[0]
     assert explorer.diff_view.value != before
 
 
@@ -59,33 +60,33 @@ def test_revisiting_a_setting_hits_the_cache_and_does_not_recompute(explorer, se
     start = explorer.diff_view.value
     explorer.row.value = 1
     explorer.row.value = 3
-    misses = session.misses
+    misses = explorer.misses
 
     def no_compute(*args, **kwargs):
         raise AssertionError("a revisited setting was recomputed")
 
     monkeypatch.setattr("emerdiff_lab.modulation.perturb", no_compute)
-    hits = session.hits
+    hits = explorer.hits
     explorer.row.value = 1
     explorer.row.value = 2                               # the starting cell
-    assert session.hits >= hits + 2 and session.misses == misses
+    assert explorer.hits >= hits + 2 and explorer.misses == misses
     assert explorer.diff_view.value == start
     assert "from cache" in explorer.status.value
 
 
-def test_cached_result_equals_a_fresh_perturbation(session, tiny_model):
+def test_cached_result_equals_a_fresh_perturbation(explorer, session, tiny_model):
     region = session.cell_region(1, 2)
-    cached = session.perturbation(region, strength=5.0, timestep=381, injection=False)
+    cached = explorer.perturbation(region, strength=5.0, timestep=381, injection=False)
     cfg = session.cfg.replace(modulation_strength=5.0, modulation_timestep=381,
-                              attention_injection=False, modulation_layer=session.default_layer)
-    fresh = edl.perturb(tiny_model, session.inversion, region, cfg)
+                              attention_injection=False, modulation_layer=explorer.default_layer)
+    fresh = edl.perturb(tiny_model, session.inversion(cfg), region, cfg)
     torch.testing.assert_close(cached.diff, fresh.diff)
-    assert session.perturbation(region, strength=5.0, timestep=381, injection=False) is cached
+    assert explorer.perturbation(region, strength=5.0, timestep=381, injection=False) is cached
 
 
 def test_clicking_a_cell_selects_it(explorer, session):
     before = explorer.image_view.value
-    index = 0 * session.grid[1] + 3
+    index = 0 * explorer.grid[1] + 3
     explorer._buttons[index].click()
     assert (explorer.row.value, explorer.col.value) == (0, 3)
     assert explorer.image_view.value != before
@@ -94,48 +95,35 @@ def test_clicking_a_cell_selects_it(explorer, session):
 
 def test_mask_mode_modulates_the_whole_mask(explorer, session):
     explorer.mode.value = "mask"
-    assert explorer.mask.value == int(session.lowres[explorer.row.value, explorer.col.value])
-    assert torch.equal(explorer.region(), session.lowres == explorer.mask.value)
-    if session.num_masks > 1:
+    assert explorer.mask.value == int(explorer.lowres[explorer.row.value, explorer.col.value])
+    assert torch.equal(explorer.region(), session.mask_region(explorer.mask.value))
+    if explorer.num_masks > 1:
         before = explorer.diff_view.value
-        explorer.mask.value = (explorer.mask.value + 1) % session.num_masks
+        explorer.mask.value = (explorer.mask.value + 1) % explorer.num_masks
         assert explorer.diff_view.value != before
 
 
-def test_cache_evicts_least_recently_used(tiny_model, session):
-    small = widgets.PerturbationSession.__new__(widgets.PerturbationSession)
-    small.__dict__.update(session.__dict__)
-    small._cache, small.max_entries, small.hits, small.misses = type(session._cache)(), 2, 0, 0
-    for col in range(3):
-        small.perturbation(small.cell_region(0, col))
-    assert small.cache_info()["entries"] == 2
-    assert not small.is_cached(small.setting(small.cell_region(0, 0)))
-    assert small.is_cached(small.setting(small.cell_region(0, 2)))
-
-
-def test_session_replays_its_recorded_reference_pass(tiny_model, session):
+def test_session_replays_its_recorded_reference_pass(tiny_model, explorer, session):
     """The default setting's unmodulated pass is recorded up front and replayed; a session
-    without room for it (budget 0) computes the same perturbation the batched way."""
+    without room for it computes the same perturbation the batched way."""
     assert session.cache_info()["reference_passes"] >= 1
     region = session.cell_region(2, 1)
-    fast = session.perturbation(region, strength=30.0)
-    plain = widgets.PerturbationSession.__new__(widgets.PerturbationSession)
-    plain.__dict__.update(session.__dict__)
-    plain._cache, plain._references = type(session._cache)(), type(session._references)()
-    plain.reference_budget = 0
-    slow = plain.perturbation(region, strength=30.0)
+    fast = explorer.perturbation(region, strength=30.0)
+    plain = widgets.explorer_session(tiny_model, session.pixels, session.cfg, image_size=128,
+                                     max_bytes=1)
+    slow = widgets.Explorer(plain).perturbation(region, strength=30.0)
     assert plain.cache_info()["reference_passes"] == 0
     assert fast.diff.max() > 1e-3
     assert_decoded_close(fast.diff, slow.diff, what="replayed and batched explorer maps")
 
 
-def test_bad_inputs_say_what_is_expected(session):
+def test_bad_inputs_say_what_is_expected(explorer, session):
     with pytest.raises(ValueError, match="not on the schedule"):
-        session.perturbation(session.cell_region(0, 0), timestep=280)
+        explorer.perturbation(session.cell_region(0, 0), timestep=280)
     with pytest.raises(ValueError, match="outside"):
         session.cell_region(9, 0)
     with pytest.raises(ValueError, match="region must be"):
-        session.perturbation(torch.ones(2, 2, dtype=torch.bool))
+        explorer.perturbation(torch.ones(2, 2, dtype=torch.bool))
 
 
 def test_status_and_snapshot_say_random_weights(explorer):
@@ -149,8 +137,8 @@ def test_status_and_snapshot_say_random_weights(explorer):
 
 def test_open_explorer_is_one_line(tiny_model):
     explorer = widgets.open_explorer(tiny_model, image_size=128, display=False)
-    assert explorer.diff_view.value and explorer.session.image.shape == (3, 128, 128)
-    assert explorer.session.labels.shape == (128, 128)      # the default scene's own labels
+    assert explorer.diff_view.value and explorer.session.pixels.shape == (3, 128, 128)
+    assert explorer.session.truth.shape == (128, 128)      # the default scene's own labels
 
 
 def test_open_explorer_defaults_to_toyworld_on_a_heldout_test_scene(tiny_model, monkeypatch):
@@ -163,32 +151,32 @@ def test_open_explorer_defaults_to_toyworld_on_a_heldout_test_scene(tiny_model, 
                                      image_size=128, display=False)
     assert asked == ["toyworld"]
     image, labels = generate_scene(HELDOUT_SEED_START + widgets.DEFAULT_SCENE, 128)
-    assert torch.equal(explorer.session.labels, torch.from_numpy(labels))
-    assert torch.allclose(explorer.session.image,
+    assert torch.equal(explorer.session.truth, torch.from_numpy(labels))
+    assert torch.allclose(explorer.session.pixels,
                           torch.from_numpy(image).permute(2, 0, 1).float() / 255, atol=1e-6)
 
 
 # ------------------------------------------------------------------ the whole segmentation
-def test_segmentation_is_the_assembled_maps_and_is_scored(session, tiny_model):
-    view = session.segmentation(strength=5.0, timestep=381)
+def test_segmentation_is_the_assembled_maps_and_is_scored(explorer, session, tiny_model):
+    view = explorer.segmentation(strength=5.0, timestep=381)
     cfg = session.cfg.replace(modulation_strength=5.0, modulation_timestep=381,
-                              modulation_layer=session.default_layer)
-    maps = edl.pixel_change_maps(tiny_model, session.inversion, session.lowres, cfg,
+                              modulation_layer=explorer.default_layer)
+    maps = edl.pixel_change_maps(tiny_model, session.inversion(cfg), explorer.lowres, cfg,
                                  progress=False)
     assert torch.equal(view.labels, edl.assemble(maps, cfg.blur_sigma))
-    assert torch.equal(view.naive, edl.upsample_bilinear(session.lowres, 128))
-    assert view.miou == hungarian_miou(view.labels, session.labels).miou
+    assert torch.equal(view.naive, edl.upsample_bilinear(explorer.lowres, 128))
+    assert view.miou == hungarian_miou(view.labels, session.truth).miou
     assert 0 <= view.naive_miou <= 1 and view.seconds > 0
 
 
-def test_segmentation_is_cached_per_setting(session, monkeypatch):
-    first = session.segmentation(strength=5.0, timestep=381)
+def test_segmentation_is_cached_per_setting(explorer, monkeypatch):
+    first = explorer.segmentation(strength=5.0, timestep=381)
     monkeypatch.setattr("emerdiff_lab.modulation.pixel_change_maps",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
-    again = session.segmentation(strength=5.0, timestep=381)
+    again = explorer.segmentation(strength=5.0, timestep=381)
     assert torch.equal(again.labels, first.labels) and again.seconds == 0
-    assert session.has_segmentation(strength=5.0, timestep=381)
-    assert not session.has_segmentation(strength=5.0, timestep=381, injection=False)
+    assert explorer.has_segmentation(strength=5.0, timestep=381)
+    assert not explorer.has_segmentation(strength=5.0, timestep=381, injection=False)
 
 
 def test_segment_button_shows_the_panel_and_marks_it_stale(explorer, session):
@@ -207,9 +195,7 @@ def test_segment_button_shows_the_panel_and_marks_it_stale(explorer, session):
 
 
 def test_segmentation_without_labels_says_so(tiny_model, session):
-    bare = widgets.PerturbationSession.__new__(widgets.PerturbationSession)
-    bare.__dict__.update(session.__dict__)
-    bare.labels, bare._segmentations = None, type(session._segmentations)()
+    bare = widgets.explorer_session(tiny_model, session.pixels, session.cfg, image_size=128)
     explorer = widgets.Explorer(bare)
     view = explorer.segment()
     assert view.miou is None and "no labels" in explorer.segment_status.value

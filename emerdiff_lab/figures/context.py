@@ -60,6 +60,10 @@ class Example:
         return self.source in ("voc14", "bundled photo", "file")
 
 
+# Sessions a FigureContext keeps: the current scene's on the model and on the random control.
+SESSIONS_KEPT = 3
+
+
 @dataclass
 class FigureContext:
     """What every notebook needs after its parameters cell; made by :func:`setup`.
@@ -85,6 +89,7 @@ class FigureContext:
     smoke: bool = False
     weights: str = ""
     timings: dict = field(default_factory=dict)
+    sessions: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tag(self) -> str:
@@ -121,6 +126,24 @@ class FigureContext:
     @property
     def cache_dir(self) -> Path:
         return self.out_dir / "executed" / "cache"
+
+    def session(self, example: Example, model=None):
+        """The :class:`emerdiff_lab.session.Session` of ``example`` on ``model`` (default
+        ``self.model``): made on first use with raw maps stored in :attr:`cache_dir`; the
+        :data:`SESSIONS_KEPT` most recently used are kept."""
+        from ..session import Session
+
+        model = model or self.model
+        key = (id(model), example.name, example.source)
+        session = self.sessions.pop(key, None)
+        if session is None or session.model is not model:
+            session = Session(model, example.image, cfg=self.cfg, image_size=self.image_size,
+                              store=self.cache_dir,
+                              weights=self.weights if model is self.model else None)
+        self.sessions[key] = session           # most recently used last
+        while len(self.sessions) > SESSIONS_KEPT:
+            self.sessions.pop(next(iter(self.sessions)))
+        return session
 
     def count(self, wanted: int) -> int:
         """``wanted`` images, or :data:`SMOKE_IMAGES` in smoke mode."""

@@ -1,30 +1,27 @@
 """The paper's experiments as tables: EmerDiff against its baselines per image, per class, per
 ablation setting, and the failure statistics of Figure 8.
 
-One path from image to numbers: every EmerDiff result comes from :func:`emerdiff_lab.segment`
-(with ``keep_intermediates``), every score from
-:func:`emerdiff_lab.evaluation.metrics.hungarian_miou`. The pixel-change maps of a (weights,
-settings, image) triple are computed once and kept in ``ctx.cache_dir``, so notebooks that score
-the same scenes (04, 06, 07, and 05's default setting) share them; settings that only change
-post-processing (blur, map normalisation) re-assemble stored maps.
+One path from image to numbers: every EmerDiff result comes from one
+:class:`emerdiff_lab.session.Session` per (model, image) (:meth:`FigureContext.session`), every
+score from :func:`emerdiff_lab.evaluation.metrics.hungarian_miou`. The session computes each stage
+once per the settings it reads (a sweep over t_m inverts once, to the deepest t_m; blur and map
+normalisation re-assemble stored maps), and keeps raw maps on disk in ``ctx.cache_dir`` keyed by
+settings, weights, dtype, device and pixels, so notebooks that score the same scenes (04, 06,
+07, and 05's default setting) share them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 
 from ..assembly import assemble
 from ..baselines import nearest_upsample, pixel_colour_kmeans, upsample_bilinear
 from ..evaluation.metrics import hungarian_miou
-from .context import Example, FigureContext, weights_fingerprint
+from .context import Example, FigureContext
 
 EMERDIFF = "EmerDiff"
 NAIVE = "naive bilinear"
@@ -32,8 +29,6 @@ MASKS = "k-means masks (low-res)"
 COLOUR = "pixel-colour k-means"
 CONTROL = "random-weight EmerDiff"
 METHODS = (EMERDIFF, NAIVE, MASKS, COLOUR, CONTROL)
-# Settings that only change how stored maps become labels: no denoising needed.
-POST_PROCESSING = ("blur_sigma", "normalize_maps")
 
 
 # ----------------------------------------------------------------------------- EmerDiff, cached
@@ -56,46 +51,24 @@ class Maps:
         return assemble(self.raw_maps, cfg.blur_sigma, cfg.normalize_maps)
 
 
-def _cache_key(weights: str, cfg, image: torch.Tensor) -> str:
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in POST_PROCESSING}
-    digest = hashlib.sha256(json.dumps([weights, settings], sort_keys=True).encode())
-    digest.update(image.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:24]
-
-
 def emerdiff_maps(ctx: FigureContext, example: Example, cfg=None, *, model=None,
                   features=None, inversion=None) -> Maps:
-    """EmerDiff's masks and raw maps for ``example`` through :func:`emerdiff_lab.segment`.
+    """EmerDiff's masks and raw maps for ``example`` from the example's session
+    (:meth:`FigureContext.session`): computed once per setting, kept in memory and on disk.
 
     Args:
         cfg: settings (default ``ctx.cfg``); blur and map normalisation do not matter here.
         model: another model (the random-weight control); default ``ctx.model``.
-        features, inversion: precomputed for this image, passed on to ``segment``.
-
-    Results are cached on disk under ``ctx.cache_dir`` by weights, settings and pixels.
+        features, inversion: precomputed for this image and ``cfg`` (the caller vouches).
     """
-    from ..segmentation import segment
-
     cfg = cfg or ctx.cfg
-    model = model or ctx.model
-    weights = ctx.weights if model is ctx.model else weights_fingerprint(model)
-    key = _cache_key(weights, _resolved(model, cfg, ctx.image_size), example.image)
-    path = ctx.cache_dir / f"{key}.npz"
-    if path.is_file():
-        with np.load(path) as stored:
-            return Maps(torch.from_numpy(stored["lowres"]), torch.from_numpy(stored["raw_maps"]),
-                        0.0)
+    session = ctx.session(example, model)
+    session.provide(cfg, features=features, inversion=inversion)
+    before = session.cache_info()["computed"].get("raw_maps", 0)
     start = time.perf_counter()
-    seg = segment(model, example.image, cfg, image_size=ctx.image_size, original_size=False,
-                  progress=False, features=features, inversion=inversion,
-                  keep_intermediates=True)
-    maps = Maps(seg.lowres_labels, seg.intermediates.raw_maps, time.perf_counter() - start)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # written under a temporary name and renamed: a killed run never leaves a truncated entry
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, lowres=maps.lowres.numpy(), raw_maps=maps.raw_maps.numpy())
-    os.replace(tmp, path)
-    return maps
+    raw_maps, lowres = session.raw_maps(cfg), session.masks(cfg)
+    computed = session.cache_info()["computed"].get("raw_maps", 0) > before
+    return Maps(lowres, raw_maps, time.perf_counter() - start if computed else 0.0)
 
 
 def random_control(ctx: FigureContext):
@@ -298,14 +271,11 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
     masks), is_default, seconds (0 when cached or post-processing only), seed, weights, cfg_seed
     and steps (the schedule's, ``ctx.ablation_cfg``'s).
 
-    Work is shared: features per (layer, t_f, normalisation) and inversions per t_m are reused
-    through ``segment``'s precomputed inputs; maps are cached on disk; blur and map
-    normalisation re-assemble the default's maps.
+    Work is shared through the example's session: features per (layer, t_f, prompt, seed),
+    one inversion to the deepest t_m, maps on disk; blur and map normalisation re-assemble the
+    default's maps.
     """
     from tqdm.auto import tqdm
-
-    from ..features import extract_features
-    from ..inversion import invert
 
     settings = settings if settings is not None else ablation_settings(ctx)
     rows = []
@@ -315,17 +285,9 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
     # of computing the default setting twice (when both use the same schedule: not in quick
     # mode, where the sweeps run on a coarser one). The rows come back in the examples' order.
     for example in reversed(examples):
-        features, inversions = {}, {}
         for ablation, value, changes in settings:
             cfg = ctx.ablation_cfg.replace(**changes)
-            fkey = (cfg.feature_layer, cfg.feature_timestep, cfg.prompt)
-            if fkey not in features:
-                features[fkey] = extract_features(ctx.model, example.image, cfg)
-            ikey = (cfg.modulation_timestep, cfg.num_inference_steps, cfg.seed, cfg.prompt)
-            if ikey not in inversions:
-                inversions[ikey] = invert(ctx.model, example.image, cfg, progress=False)
-            maps = emerdiff_maps(ctx, example, cfg, features=features[fkey],
-                                 inversion=inversions[ikey])
+            maps = emerdiff_maps(ctx, example, cfg)
             rows.append({"ablation": ablation, "value": value, "image": example.name,
                          "seed": example.seed,
                          "miou": hungarian_miou(maps.labels(cfg), example.labels).miou,

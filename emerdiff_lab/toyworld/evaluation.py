@@ -12,16 +12,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..assembly import assemble
 from ..baselines import nearest_upsample, upsample_bilinear
 from ..config import EmerDiffConfig
 from ..evaluation.metrics import hungarian_miou
-from ..segmentation import segment
+from ..session import Session
 from .scenes import HELDOUT_SEED_START, generate_batch
 
 METHODS = ("masks", "naive", "emerdiff", "emerdiff_norm")
-__all__ = ["METHODS", "VALIDATION_SEED_START", "evaluate", "evaluate_scene", "heldout_scenes",
-           "nearest_upsample", "random_control", "scene_predictions", "summarize"]
+__all__ = ["METHODS", "VALIDATION_SEED_START", "config_scores", "evaluate", "evaluate_scene",
+           "heldout_scenes", "nearest_upsample", "random_control", "scene_predictions",
+           "summarize"]
 # Seeds for choosing settings (validation), kept apart from the test scenes the table reports.
 VALIDATION_SEED_START = HELDOUT_SEED_START + 1_000_000
 
@@ -54,17 +54,44 @@ def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor,
 
 def scene_predictions(model, pixels: torch.Tensor, cfg: EmerDiffConfig) -> dict:
     """Each method of ``METHODS``'s (S, S) int64 labels of one scene (pixels (3, S, S) in
-    [0, 1]), from one ``segment`` call."""
+    [0, 1]), from one :class:`~emerdiff_lab.session.Session`."""
     size = pixels.shape[-1]
-    seg = segment(model, pixels, cfg, image_size=size, original_size=False, progress=False,
-                  keep_intermediates=True)
-    raw = seg.intermediates.raw_maps
+    session = Session(model, pixels, cfg=cfg, image_size=size)
+    lowres = session.masks(cfg)
     return {
-        "masks": nearest_upsample(seg.lowres_labels, size),
-        "naive": upsample_bilinear(seg.lowres_labels, size),
-        "emerdiff": assemble(raw, cfg.blur_sigma, normalize=False),
-        "emerdiff_norm": assemble(raw, cfg.blur_sigma, normalize=True),
+        "masks": nearest_upsample(lowres, size),
+        "naive": upsample_bilinear(lowres, size),
+        "emerdiff": session.labels(cfg.replace(normalize_maps=False)),
+        "emerdiff_norm": session.labels(cfg.replace(normalize_maps=True)),
     }
+
+
+def config_scores(model, images: torch.Tensor, labels: torch.Tensor, configs: dict,
+                  cfg: EmerDiffConfig | None = None, *,
+                  progress: bool = False) -> dict[object, list[float]]:
+    """Per-scene Hungarian mIoU of EmerDiff under each of ``configs`` ({name: EmerDiffConfig})
+    and, under "naive", of ``cfg``'s masks upsampled bilinearly: a loop over configs on one
+    :class:`~emerdiff_lab.session.Session` per scene, so each stage is computed once per the
+    settings it reads (the deepest t_m is inverted first: its trajectory serves every other).
+
+    Args:
+        images: (n, 3, S, S) float32 in [0, 1]; labels: (n, S, S) int64.
+        cfg: the naive baseline's settings (default ``model.default_config``).
+    """
+    cfg = cfg or model.default_config
+    size = images.shape[-1]
+    scores = {"naive": [], **{name: [] for name in configs}}
+    bar = tqdm(total=len(images) * len(configs), desc="settings", disable=not progress)
+    for image, truth in zip(images, labels):
+        session = Session(model, image, cfg=cfg, image_size=size)
+        session.inversion(cfg, depth=max(c.modulation_timestep for c in configs.values()))
+        scores["naive"].append(hungarian_miou(upsample_bilinear(session.masks(cfg), size),
+                                              truth).miou)
+        for name, setting in configs.items():
+            scores[name].append(hungarian_miou(session.labels(setting), truth).miou)
+            bar.update()
+    bar.close()
+    return scores
 
 
 def random_control(seed: int = 0):
