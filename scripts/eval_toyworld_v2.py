@@ -89,7 +89,8 @@ def run_scenes(args) -> None:
             continue
         tick = time.time()
         pixels, labels, text = scene(seed)
-        scores = evaluate_scene(model, pixels, labels, text, cfg)
+        scores = evaluate_scene(model, pixels, labels, text, cfg,
+                                baselines=args.which == "trained")
         with path.open("a") as f:
             f.write(json.dumps({"seed": seed, "caption": text, "scores": scores,
                                 "config": {k: getattr(cfg, k) for k in SETTINGS_KEYS},

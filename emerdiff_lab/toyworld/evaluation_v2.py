@@ -97,7 +97,7 @@ def open_vocabulary_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
 
 def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor, text: str,
                    cfg: EmerDiffConfig, *, timesteps=DEFAULT_TIMESTEPS,
-                   oracle: bool = True) -> dict[str, float]:
+                   oracle: bool = True, baselines: bool = True) -> dict[str, float]:
     """Every method's score for one scene (see the module docstring).
 
     Args:
@@ -107,11 +107,14 @@ def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor, text: str,
         cfg: EmerDiff settings (K, t_m, lambda, blur, seed).
         timesteps: the word maps' timesteps.
         oracle: also score the "oracle presence" variants.
+        baselines: also score the colour and latent k-means baselines (no UNet: the same for
+            a model and its random control).
     """
     predictions = scene_predictions(model, pixels, cfg)
     scores = {m: hungarian_miou(predictions[m], labels).miou for m in ("masks", "naive",
                                                                        "emerdiff")}
-    scores |= baseline_scores(model, pixels, labels, cfg)
+    if baselines:
+        scores |= baseline_scores(model, pixels, labels, cfg)
     return scores | open_vocabulary_scores(model, pixels, labels, predictions,
                                            timesteps=timesteps, seed=cfg.seed,
                                            text=text if oracle else None)
