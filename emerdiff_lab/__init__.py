@@ -21,6 +21,7 @@ from .modulation import (Perturbation, ReferencePass, perturb, pixel_change_maps
                          record_reference)
 from .segmentation import Segmentation, segment
 from .toyworld import sample
+from .wordmaps import WordMaps, word_heat_maps
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,5 @@ __all__ = [
     "gaussian_blur", "invert", "kmeans_masks", "load_image", "load_model", "mask_embeddings",
     "perturb", "pixel_change_maps", "prepare_image", "prepare_maps", "reconstruct",
     "record_reference", "ReferencePass", "resolve_layers", "sample", "sample_images", "segment",
-    "upsample_bilinear",
+    "upsample_bilinear", "word_heat_maps", "WordMaps",
 ]

@@ -58,7 +58,7 @@ def load_model(
     Args:
         model_id: a named offline model (``"tiny"``: SD 1.x layout, ``"tiny-sdxl"``: SDXL
             layout, ``"tiny-pixart"``: PixArt-α layout, all random weights; ``"toyworld"``,
-            ``"toyworld-latent"``: trained here),
+            ``"toyworld-latent"``, ``"toyworld-v2"`` (captioned): trained here),
             a hub id such as ``"CompVis/stable-diffusion-v1-4"``,
             ``"stabilityai/stable-diffusion-2-1-base"`` or
             ``"stabilityai/stable-diffusion-xl-base-1.0"``, or the path of a folder written by a
@@ -270,5 +270,6 @@ def from_pipeline(pipe, *, model_id: str | None = None, revision: str | None = N
 # emerdiff_lab is imported.
 from . import tiny, tiny_pixart, tiny_sd3, tiny_sdxl  # noqa: E402, F401
 from .toyworld import latent_model as _toyworld_latent, model as _toyworld  # noqa: E402, F401
+from .toyworld import captioned_model as _toyworld_v2  # noqa: E402, F401 - "toyworld-v2"
 
 _tiny_components_cpu = tiny.tiny_components_cpu  # the name tests and scripts used before

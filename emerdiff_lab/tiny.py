@@ -124,14 +124,25 @@ def _byte_level_clip_tokenizer():
     folder and read back with ``from_pretrained``, the loading path that transformers 5.x keeps
     correct (building it from file arguments can silently give wrong ids).
     """
+    return clip_tokenizer_from_vocab(byte_level_tokens())
+
+
+def byte_level_tokens() -> list[str]:
+    """The byte-level vocabulary in id order: 256 bytes, 256 word-final bytes, start, end."""
+    alphabet = _byte_unicode_alphabet()
+    return alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
+
+
+def clip_tokenizer_from_vocab(tokens: list[str], merges: list[tuple[str, str]] = ()):
+    """A CLIPTokenizer whose token ``i`` is ``tokens[i]``, with BPE ``merges`` in rank order
+    (none: every byte of a word is one token). ``tokens`` must hold the start and end tokens."""
     from transformers import CLIPTokenizer
 
-    alphabet = _byte_unicode_alphabet()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory(prefix="emerdiff-tiny-tokenizer-") as folder:
         root = Path(folder)
         (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-        (root / "merges.txt").write_text("#version: 0.2\n")
+        (root / "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
         (root / "tokenizer_config.json").write_text(json.dumps({
             "model_max_length": _MAX_TOKENS,
             "bos_token": "<|startoftext|>",

@@ -30,6 +30,7 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "08_explorer": ("explorer.png",),
     "09_layers_and_choices": ("ablations_layers_choices.png", "ablations_layers_choices.csv",
                               "fig14_layer_placement.png"),
+    "10_word_maps": ("word_maps.png", "open_vocabulary.png", "open_vocabulary.csv"),
 }
 
 
@@ -61,7 +62,7 @@ def notebook_parameters(*, model: str = "toyworld", device: str | None = None,
 # side; 09 (Figure 14 and our choices on the same 12 scenes) takes the first worker to finish,
 # normally 05's, whose default-setting maps it reads; then the rest, which mostly read the maps
 # 04 has cached. Measured timings: docs/notebooks.md.
-PARALLEL_ORDER = ("04", "05", "09", "02", "06", "07", "01", "03", "08")
+PARALLEL_ORDER = ("04", "05", "09", "10", "02", "06", "07", "01", "03", "08")
 
 
 def run_notebooks(parameters: dict, *, notebooks_dir: str | Path = NOTEBOOKS_DIR,

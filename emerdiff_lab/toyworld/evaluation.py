@@ -20,7 +20,8 @@ from .scenes import HELDOUT_SEED_START, generate_batch
 
 METHODS = ("masks", "naive", "emerdiff", "emerdiff_norm")
 __all__ = ["METHODS", "VALIDATION_SEED_START", "config_scores", "evaluate", "evaluate_scene",
-           "heldout_scenes", "nearest_upsample", "random_control", "summarize"]
+           "heldout_scenes", "nearest_upsample", "random_control", "scene_predictions",
+           "summarize"]
 # Seeds for choosing settings (validation), kept apart from the test scenes the table reports.
 VALIDATION_SEED_START = HELDOUT_SEED_START + 1_000_000
 
@@ -47,16 +48,22 @@ def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor,
         pixels: (3, S, S) float32 in [0, 1]. labels: (S, S) int64 class ids.
         cfg: EmerDiff settings (``normalize_maps`` is ignored: both variants are scored).
     """
+    return {name: hungarian_miou(pred, labels).miou
+            for name, pred in scene_predictions(model, pixels, cfg).items()}
+
+
+def scene_predictions(model, pixels: torch.Tensor, cfg: EmerDiffConfig) -> dict:
+    """Each method of ``METHODS``'s (S, S) int64 labels of one scene (pixels (3, S, S) in
+    [0, 1]), from one :class:`~emerdiff_lab.session.Session`."""
     size = pixels.shape[-1]
     session = Session(model, pixels, cfg=cfg, image_size=size)
     lowres = session.masks(cfg)
-    predictions = {
+    return {
         "masks": nearest_upsample(lowres, size),
         "naive": upsample_bilinear(lowres, size),
         "emerdiff": session.labels(cfg.replace(normalize_maps=False)),
         "emerdiff_norm": session.labels(cfg.replace(normalize_maps=True)),
     }
-    return {name: hungarian_miou(pred, labels).miou for name, pred in predictions.items()}
 
 
 def config_scores(model, images: torch.Tensor, labels: torch.Tensor, configs: dict,

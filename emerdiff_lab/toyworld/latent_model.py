@@ -106,11 +106,12 @@ def condition() -> torch.Tensor:
 
 
 def state_dict_for_saving(vae=None, unet=None, context: torch.Tensor | None = None,
-                          scaling_factor: float | None = None) -> dict:
-    """Float16 flat dict for safetensors: ``vae.*``, ``unet.*``, ``null_embedding`` (1, 77, 32)
-    and ``vae_scaling_factor`` (a 1-element float32 tensor, kept in float32 for precision)."""
+                          scaling_factor: float | None = None, text_encoder=None) -> dict:
+    """Float16 flat dict for safetensors: ``vae.*``, ``unet.*``, ``text_encoder.*``,
+    ``null_embedding`` (1, 77, 32) and ``vae_scaling_factor`` (a 1-element float32 tensor, kept
+    in float32 for precision)."""
     tensors = {}
-    for prefix, module in (("vae", vae), ("unet", unet)):
+    for prefix, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
         if module is not None:
             tensors.update({f"{prefix}.{k}": v.detach().to(torch.float16).contiguous()
                             for k, v in module.state_dict().items()})

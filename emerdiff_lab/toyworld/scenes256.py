@@ -37,7 +37,7 @@ from .scenes import (
 )
 
 __all__ = ["CLASS_NAMES", "HELDOUT_SEED_START", "NUM_CLASSES", "PALETTE_SIZE", "SIZES",
-           "generate_batch", "generate_scene"]
+           "generate_batch", "generate_scene", "generate_scene_objects"]
 
 SIZES = (64, 128, 256)
 PALETTE_SIZE = 5      # colours per scene, shared by all its classes
@@ -138,8 +138,12 @@ def _object_mask(rng, cls, size, yy, xx, base_y, cx, scale) -> np.ndarray:
     raise ValueError(f"unknown object class {cls}")
 
 
-def _layout(rng, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """(size, size) int64 class map: sky, optional mountains, ground bands, occluding objects."""
+def _layout(rng, size: int, yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                      list[int]]:
+    """``(labels, instances, object_classes)``: the (size, size) int64 class map (sky, optional
+    mountains, ground bands, occluding objects), the (size, size) int64 map of which object
+    painted each pixel last (-1: no object) and each object's class, in painting order. The
+    instance map consumes no random numbers, so scenes are the same with or without it."""
     labels = np.full((size, size), SKY, dtype=np.int64)
     horizon = rng.uniform(0.2, 0.6) * size
     if rng.random() < 0.6:
@@ -160,14 +164,26 @@ def _layout(rng, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         base_y = rng.uniform(horizon, size * 1.05)
         scale = rng.uniform(0.12, 0.6) * size * (0.7 + 0.9 * (base_y - horizon) / size)
         objects.append((base_y, cls, rng.uniform(-0.1, 1.1) * size, scale))
-    for base_y, cls, cx, scale in sorted(objects, key=lambda o: o[0]):
-        labels[_object_mask(rng, cls, size, yy, xx, base_y, cx, scale)] = cls
-    return labels
+    instances = np.full((size, size), -1, dtype=np.int64)
+    painted = sorted(objects, key=lambda o: o[0])
+    for index, (base_y, cls, cx, scale) in enumerate(painted):
+        mask = _object_mask(rng, cls, size, yy, xx, base_y, cx, scale)
+        labels[mask] = cls
+        instances[mask] = index
+    return labels, instances, [int(o[1]) for o in painted]
 
 
 def generate_scene(seed_or_rng, size: int = 256, *, clean: bool = False
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """One random scene.
+    """One random scene: ``(image, labels)`` of :func:`generate_scene_objects` (same arguments,
+    the same scene bit for bit)."""
+    image, labels, _ = generate_scene_objects(seed_or_rng, size, clean=clean)
+    return image, labels
+
+
+def generate_scene_objects(seed_or_rng, size: int = 256, *, clean: bool = False
+                           ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """One random scene and the generator's own list of its objects.
 
     Args:
         seed_or_rng: a non-negative int seed or a ``numpy.random.Generator``; the same seed gives
@@ -178,14 +194,20 @@ def generate_scene(seed_or_rng, size: int = 256, *, clean: bool = False
             same either way.
 
     Returns:
-        ``(image, labels)``: (size, size, 3) uint8 RGB and (size, size) int64 class ids in
-        [0, NUM_CLASSES) (see ``CLASS_NAMES``). Every pixel has a class.
+        ``(image, labels, objects)``: (size, size, 3) uint8 RGB, (size, size) int64 class ids in
+        [0, NUM_CLASSES) (see ``CLASS_NAMES``; every pixel has a class) and the generator's own
+        list of objects (trees, rocks, houses, fences) in painting order, each ``(class id,
+        visible pixels)``: pixels it still covers after the objects in front were painted (0
+        when fully hidden). Counting connected components of ``labels`` instead would be wrong
+        where occlusion splits an object or neighbours of one class touch.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES} pixels, got {size!r}")
     rng = _rng(seed_or_rng)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    labels = _layout(rng, size, yy, xx)
+    labels, instances, object_classes = _layout(rng, size, yy, xx)
+    visible = np.bincount(instances[instances >= 0], minlength=len(object_classes))
+    objects = [(cls, int(n)) for cls, n in zip(object_classes, visible)]
     palette = _palette(rng)
     image = np.zeros((size, size, 3))
     for cls in range(NUM_CLASSES):  # fixed order, so the random stream never depends on layout
@@ -196,7 +218,7 @@ def generate_scene(seed_or_rng, size: int = 256, *, clean: bool = False
     noise = rng.normal(0, PIXEL_NOISE, image.shape)
     if not clean:
         image = image + noise
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), labels
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), labels, objects
 
 
 def generate_batch(seeds, size: int = 256, *, clean: bool = False
