@@ -120,6 +120,14 @@ def test_training_run_resumes_where_it_stopped(tmp_path):
     assert (tmp_path / "weights.safetensors").exists()
     assert json.loads((tmp_path / "run.json").read_text())["step"] == second.step
 
+    # A run killed after its last checkpoint logged steps the resumed run will repeat.
+    with open(tmp_path / "loss.csv", "a") as f:
+        f.write(f"{second.step + 1},0.5,1.0,1.0\n{second.step + 2},0.5,1.0,1.0\n")
+    third = run(0.15)
+    with open(tmp_path / "loss.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps == list(range(1, third.step + 1))
+
 
 # ------------------------------------------------------------------ the packaged weights
 @pytest.fixture(scope="module")

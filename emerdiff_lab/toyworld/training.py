@@ -79,7 +79,23 @@ class Run:
                 self.ema[n].load_state_dict(state["ema"][n])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.trained_seconds = state["step"], state["trained_seconds"]
+            self._drop_log_rows_after_checkpoint()
             print(f"resumed at step {self.step} ({self.trained_seconds / 60:.1f} min)", flush=True)
+
+    def _drop_log_rows_after_checkpoint(self) -> None:
+        """A run stopped between checkpoints logged steps that the resumed run repeats: keep
+        only the log rows up to the checkpoint's step, so each step is logged once."""
+        log_path = self.out / "loss.csv"
+        if not log_path.exists():
+            return
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        if len(kept) < len(rows):
+            tmp = log_path.with_name(log_path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+            os.replace(tmp, log_path)
 
     def save(self, weights: dict) -> None:
         """Checkpoint (atomically: never a half-written one) and the loadable weight file."""
