@@ -11,6 +11,7 @@ from .metrics import (
     BoundaryResult,
     HungarianResult,
     boundary_f_score,
+    boundary_scores,
     boundary_tolerance,
     confusion_matrix,
     hungarian_match,
@@ -24,7 +25,8 @@ from .metrics import (
 )
 
 __all__ = [
-    "BF_KEYS", "BoundaryResult", "HungarianResult", "boundary_f_score", "boundary_tolerance",
-    "confusion_matrix", "hungarian_match", "hungarian_miou", "iou_per_class", "mean_iou",
-    "pixel_accuracy", "remap_confusion", "score_matched", "segmentation_scores",
+    "BF_KEYS", "BoundaryResult", "HungarianResult", "boundary_f_score", "boundary_scores",
+    "boundary_tolerance", "confusion_matrix", "hungarian_match", "hungarian_miou",
+    "iou_per_class", "mean_iou", "pixel_accuracy", "remap_confusion", "score_matched",
+    "segmentation_scores",
 ]

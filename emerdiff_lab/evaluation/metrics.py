@@ -20,10 +20,10 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
-    "BF_KEYS", "BoundaryResult", "HungarianResult", "boundary_f_score", "boundary_tolerance",
-    "confusion_matrix", "hungarian_match", "hungarian_miou", "iou_per_class", "label_boundary",
-    "mask_boundary", "mean_iou", "pixel_accuracy", "remap_confusion", "score_matched",
-    "segmentation_scores",
+    "BF_KEYS", "BoundaryResult", "HungarianResult", "boundary_f_score", "boundary_scores",
+    "boundary_tolerance", "confusion_matrix", "hungarian_match", "hungarian_miou",
+    "iou_per_class", "label_boundary", "mask_boundary", "mean_iou", "pixel_accuracy",
+    "remap_confusion", "score_matched", "segmentation_scores",
 ]
 
 
@@ -352,18 +352,26 @@ def boundary_f_score(pred, gt, *, theta: float | None = None, num_classes: int |
                           per_class=per_class, theta=theta)
 
 
+def boundary_scores(pred, gt, mapping: np.ndarray, *, num_classes: int | None = None,
+                    ignore_index: int | None = 255) -> dict[str, float]:
+    """The boundary F-scores of :data:`BF_KEYS` for one image, each in [0, 1]: ``bf1`` and
+    ``bf2`` (theta = 1 and 2 px at 128 px, :func:`boundary_tolerance` of the image) under
+    ``mapping`` (cluster -> class, -1 unmatched; ``np.arange(C)`` when ``pred`` already holds
+    classes), and ``bf2_agnostic`` (all label changes, no mapping). pred, gt: (H, W)."""
+    kwargs = {"num_classes": num_classes, "ignore_index": ignore_index}
+    theta1, theta2 = (boundary_tolerance(np.shape(gt), px) for px in (1.0, 2.0))
+    return {"bf1": boundary_f_score(pred, gt, theta=theta1, mapping=mapping, **kwargs).bf,
+            "bf2": boundary_f_score(pred, gt, theta=theta2, mapping=mapping, **kwargs).bf,
+            "bf2_agnostic": boundary_f_score(pred, gt, theta=theta2, class_agnostic=True,
+                                             **kwargs).bf}
+
+
 def segmentation_scores(pred, gt, *, num_classes: int | None = None,
                         ignore_index: int | None = 255) -> dict[str, float]:
     """Every per-image score of cluster ids ``pred`` (H, W) against ``gt`` (H, W) under one
-    Hungarian matching: ``{"miou", "bf1", "bf2", "bf2_agnostic"}``, each in [0, 1] (see
-    :data:`BF_KEYS`; tolerances from :func:`boundary_tolerance`, scaled with the image)."""
+    Hungarian matching: ``{"miou", "bf1", "bf2", "bf2_agnostic"}``, each in [0, 1]
+    (:func:`boundary_scores`)."""
     matched = hungarian_miou(pred, gt, num_classes, ignore_index)
-    kwargs = {"num_classes": num_classes, "ignore_index": ignore_index}
-    theta1, theta2 = (boundary_tolerance(np.shape(gt), px) for px in (1.0, 2.0))
-    return {"miou": matched.miou,
-            "bf1": boundary_f_score(pred, gt, theta=theta1, mapping=matched.mapping,
-                                    **kwargs).bf,
-            "bf2": boundary_f_score(pred, gt, theta=theta2, mapping=matched.mapping,
-                                    **kwargs).bf,
-            "bf2_agnostic": boundary_f_score(pred, gt, theta=theta2, class_agnostic=True,
-                                             **kwargs).bf}
+    return {"miou": matched.miou} | boundary_scores(pred, gt, matched.mapping,
+                                                    num_classes=num_classes,
+                                                    ignore_index=ignore_index)
