@@ -153,3 +153,6 @@ def test_every_protocol_reports_boundary_f_scores_beside_miou():
     # coincides (class-agnostic 1) but each class's boundary lies elsewhere
     assert direct["emerdiff"]["bf2_agnostic"] == pytest.approx(1.0)
     assert direct["emerdiff"]["bf2"] < 1.0
+    lines = P.boundary_table({"hungarian": result}, ["hungarian"], 512, lambda v: f"{100 * v:.1f}")
+    assert "θ = 8 px" in lines[0] and "θ = 4 px" in lines[0]
+    assert lines[2] == "| hungarian | 100.0 ± 0.0; 100.0 | 0.0 ± 0.0; 0.0 | 2 |"

@@ -24,6 +24,7 @@ import numpy as np
 from .metrics import (
     BF_KEYS,
     boundary_scores,
+    boundary_tolerance,
     confusion_matrix,
     hungarian_match,
     mean_iou,
@@ -210,3 +211,19 @@ def direct(records: Records, num_classes: int, ignore_index: int = 255,
                                                    ignore_index=ignore_index)
             boundaries.add(method, record[method], record["gt"], np.arange(num_classes))
     return {method: _scores(cm) | boundaries.summary(method) for method, cm in confusions.items()}
+
+
+def boundary_table(results: dict, protocols, image_size: int, fmt) -> list[str]:
+    """Markdown lines: each protocol's boundary F-scores (``bf2`` ± s.e.; ``bf1``) for EmerDiff
+    and the bilinear baseline, with n, from ``{protocol: {method: scores}}``; ``fmt`` formats a
+    fraction (None: not available)."""
+    theta = [boundary_tolerance((image_size,) * 2, px) for px in (2.0, 1.0)]
+    lines = [f"| protocol | EmerDiff boundary F-score, θ = {theta[0]:.3g} px (mean ± s.e.); "
+             f"θ = {theta[1]:.3g} px | SD bilinear, the same | images |", "|---|---|---|---|"]
+    for protocol in protocols:
+        scores = results[protocol]
+        cells = [f"{fmt(scores[m].get('bf2'))} ± {fmt(scores[m].get('bf2_sem'))}; "
+                 f"{fmt(scores[m].get('bf1'))}" for m in ("emerdiff", "bilinear")]
+        lines.append(f"| {protocol} | {cells[0]} | {cells[1]} | "
+                     f"{scores['emerdiff'].get('bf_images')} |")
+    return lines

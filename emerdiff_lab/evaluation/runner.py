@@ -616,17 +616,7 @@ def markdown_table(summary: dict, protocols) -> str:
         scores = summary[protocol]
         lines.append(f"| {protocol} | {pct(scores['emerdiff']['pixel_accuracy'])} | "
                      f"{pct(scores['bilinear']['pixel_accuracy'])} |")
-    from .metrics import boundary_tolerance
-
-    theta = [boundary_tolerance((summary["image_size"],) * 2, px) for px in (2.0, 1.0)]
-    lines += ["", f"| protocol | EmerDiff boundary F-score, θ = {theta[0]:.3g} px (mean ± s.e.);"
-              f" θ = {theta[1]:.3g} px | SD bilinear, the same | images |", "|---|---|---|---|"]
-    for protocol in protocols:  # per-image BF in percent (protocols.py); θ scales with the size
-        scores = summary[protocol]
-        bf = {m: f"{pct(scores[m].get('bf2'))} ± {pct(scores[m].get('bf2_sem'))}; "
-              f"{pct(scores[m].get('bf1'))}" for m in ("emerdiff", "bilinear")}
-        lines.append(f"| {protocol} | {bf['emerdiff']} | {bf['bilinear']} | "
-                     f"{scores['emerdiff'].get('bf_images')} |")
+    lines += ["", *P.boundary_table(summary, protocols, summary["image_size"], pct)]
     if summary.get("random_weights"):
         lines += ["", ("The model has random weights: these numbers test the pipeline, not "
                        "the method.")]
