@@ -166,14 +166,45 @@ def markdown_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def run_table(args) -> None:
+def table_part(args, which: str) -> dict:
+    """One model's half of the table (``which``: "trained", with the baselines, the VAE's PSNR,
+    the old scenes' colour k-means and segment's time; or "random", the control), under the
+    trained model's default config. Two halves can run side by side and be merged."""
     trained = load_toyworld_latent(weights=args.weights)
-    random = load_toyworld_latent(weights=args.weights, random_weights=True,
-                                  seed=args.control_seed)
     cfg = trained.default_config
-    results = {"trained": evaluate(trained, args.n, cfg, progress=not args.quiet),
-               "random": evaluate(random, args.n, cfg, baselines=False,
-                                  progress=not args.quiet)}
+    if which == "random":
+        random = load_toyworld_latent(weights=args.weights, random_weights=True,
+                                      seed=args.control_seed)
+        return {"results": {"random": evaluate(random, args.n, cfg, baselines=False,
+                                               progress=not args.quiet)}}
+    return {"results": {"trained": evaluate(trained, args.n, cfg, progress=not args.quiet)},
+            "vae_psnr_db": vae_psnr(trained, args.n, TEST_SEED_START),
+            "old_scenes_pixel_kmeans": old_scene_pixel_kmeans(args.n, cfg.num_masks),
+            "segment_seconds_k6": segment_seconds(trained)}
+
+
+def run_table(args) -> None:
+    """The table: both halves here (``--which both``), one half into ``--out`` (``--which
+    trained`` or ``random``), or the halves of earlier runs merged (``--parts A B``)."""
+    if args.parts:
+        parts = [json.loads(Path(p).read_text()) for p in args.parts]
+        if {part["weights_sha256"] for part in parts} != {sha256(args.weights)}:
+            raise SystemExit("the parts were made with other weights than --weights")
+    else:
+        parts = [table_part(args, which) | {"weights_sha256": sha256(args.weights),
+                                            "command": "python " + " ".join(sys.argv)}
+                 for which in (("trained", "random") if args.which == "both" else (args.which,))]
+    if len(parts) == 1 and not args.parts:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(parts[0], indent=1))
+        print(f"wrote half of the table to {args.out}")
+        return
+    merged = {k: v for part in parts for k, v in part.items() if k != "results"}
+    results = {k: v for part in parts for k, v in part["results"].items()}
+    if set(results) != {"trained", "random"}:
+        raise SystemExit(f"the parts hold {sorted(results)}, not trained and random")
+    merged["command"] = " && ".join(dict.fromkeys(
+        [part["command"] for part in parts] + ["python " + " ".join(sys.argv)]))
     t, r = results["trained"]["per_image"], results["random"]["per_image"]
     pairs = {
         "EmerDiff - naive (trained)": paired(t["emerdiff"], t["naive"]),
@@ -185,13 +216,11 @@ def run_table(args) -> None:
         "masks - k-means of cell colours (trained)": paired(t["masks"],
                                                            t["cell_colour_kmeans"]),
     }
-    record = {"command": "python " + " ".join(sys.argv),
-              "weights_sha256": sha256(args.weights), "control_seed": args.control_seed,
-              "torch_threads": torch.get_num_threads(), "results": results,
-              "paired": pairs, "paired_95": paired_95(results),
-              "vae_psnr_db": vae_psnr(trained, args.n, TEST_SEED_START),
-              "old_scenes_pixel_kmeans": old_scene_pixel_kmeans(args.n, cfg.num_masks),
-              "segment_seconds_k6": segment_seconds(trained)}
+    record = {"command": merged["command"], "weights_sha256": merged["weights_sha256"],
+              "control_seed": args.control_seed, "torch_threads": torch.get_num_threads(),
+              "results": results, "paired": pairs, "paired_95": paired_95(results),
+              **{k: merged[k] for k in ("vae_psnr_db", "old_scenes_pixel_kmeans",
+                                        "segment_seconds_k6")}}
     record["markdown"] = markdown_table(record)
     record["markdown_boundary"] = boundary_markdown(record)
     print(record["markdown"] + "\n\n" + record["markdown_boundary"])
@@ -237,7 +266,7 @@ def run_blur(args) -> None:
 
     report = {"n": args.n, "start": TEST_SEED_START, "blurs": args.blurs}
     pixels, labels = scenes(args.n, start=TEST_SEED_START)
-    for which in ("trained", "random"):
+    for which in ("trained", "random") if args.which == "both" else (args.which,):
         model = load_toyworld_latent(weights=args.weights, random_weights=which == "random",
                                      seed=args.control_seed)
         base = load_toyworld_latent(weights=args.weights).default_config
@@ -367,6 +396,10 @@ def main(argv=None) -> None:
                    help="blur sigmas in px (sweep, blur)")
     p.add_argument("--norms", type=int, nargs="+", choices=(0, 1), default=[0, 1],
                    help="sweep: map normalisation off (0) and/or on (1)")
+    p.add_argument("--which", choices=("trained", "random", "both"), default="both",
+                   help="table, blur: the trained model, its random control, or both")
+    p.add_argument("--parts", type=Path, nargs=2, default=None,
+                   help="table: merge two halves written by --which trained / random --out")
     p.add_argument("--skip-layers", action="store_true",
                    help="sweep: skip the masks' mIoU per feature layer")
     p.add_argument("--threads", type=int, default=2)
@@ -378,6 +411,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.n < 2:
         p.error("--n must be at least 2 (a standard error needs two scenes)")
+    if args.mode == "table" and args.which != "both" and not args.out:
+        p.error("table --which trained/random writes its half to --out")
     torch.set_num_threads(args.threads)
     {"table": run_table, "sweep": run_sweep, "blur": run_blur,
      "figure": run_figure}[args.mode](args)
