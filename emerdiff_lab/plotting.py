@@ -394,26 +394,35 @@ def plot_paired_differences(summary, *, model, title: str = "Ablations"):
     return fig
 
 
-def plot_method_scores(per_image, *, model, title: str, metric: str = "miou", order=None):
+def plot_method_scores(per_image, *, model, title: str, metric="miou", order=None,
+                       labels=None):
     """Per-image scores of every method (grey dots, one line per image) with the mean ±
-    standard error (``per_image``: columns image, method, ``metric``)."""
+    standard error (``per_image``: columns image, method, ``metric``). ``metric`` may be a
+    sequence of columns (e.g. ``("miou", "bf2")``): one panel each, side by side; ``labels``
+    names them on the y axes ({column: text}, default the column)."""
     import matplotlib.pyplot as plt
 
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    labels = labels or {}
     order = order or list(dict.fromkeys(per_image["method"]))
-    wide = per_image.pivot(index="image", columns="method", values=metric)[order]
-    fig, ax = plt.subplots(figsize=(1.6 * len(order) + 2, 3.8))
-    x = np.arange(len(order))
-    for _, row in wide.iterrows():
-        ax.plot(x, row.values, color="0.75", linewidth=0.6, marker="o", markersize=2.5, zorder=1)
-    mean = wide.mean()
-    sem = wide.std(ddof=1) / np.sqrt(len(wide)) if len(wide) > 1 else mean * 0
-    ax.errorbar(x, mean, yerr=sem, fmt="D", color="C0", capsize=4, zorder=3,
-                label="mean ± s.e.")
-    for i, (m, e) in enumerate(zip(mean, sem)):
-        ax.annotate(f"{m:.3f}", (i, m), textcoords="offset points", xytext=(8, -3), fontsize=8)
-    ax.set_xticks(x, order, fontsize=8, rotation=15)
-    ax.set_ylabel(f"per-image {metric} (n = {len(wide)})")
-    ax.legend(fontsize=8, loc="lower left")
+    fig, axes = plt.subplots(1, len(metrics), figsize=((1.6 * len(order) + 2) * len(metrics),
+                                                       3.8), squeeze=False)
+    for ax, column in zip(axes[0], metrics):
+        wide = per_image.pivot(index="image", columns="method", values=column)[order]
+        x = np.arange(len(order))
+        for _, row in wide.iterrows():
+            ax.plot(x, row.values, color="0.75", linewidth=0.6, marker="o", markersize=2.5,
+                    zorder=1)
+        mean = wide.mean()
+        sem = wide.std(ddof=1) / np.sqrt(len(wide)) if len(wide) > 1 else mean * 0
+        ax.errorbar(x, mean, yerr=sem, fmt="D", color="C0", capsize=4, zorder=3,
+                    label="mean ± s.e.")
+        for i, m in enumerate(mean):
+            ax.annotate(f"{m:.3f}", (i, m), textcoords="offset points", xytext=(8, -3),
+                        fontsize=8)
+        ax.set_xticks(x, order, fontsize=8, rotation=15)
+        ax.set_ylabel(f"per-image {labels.get(column, column)} (n = {len(wide)})")
+        ax.legend(fontsize=8, loc="lower left")
     suptitle(fig, title, model)
     fig.tight_layout()
     return fig

@@ -11,10 +11,13 @@
     # figures/toyworld_v2_samples.png (unconditional and captioned samples)
     python scripts/eval_toyworld_v2.py figure
 
-Scores: per-image Hungarian mIoU (EmerDiff, naive, masks, colour baselines) and open-vocabulary
-mIoU (:mod:`emerdiff_lab.toyworld.evaluation_v2`); differences paired over the same scenes with
-95% t-intervals (:func:`emerdiff_lab.stats.paired_difference`). The random control is a
-random-weight UNet (seed 0) with the trained VAE and text encoder.
+Scores: per-image Hungarian mIoU (EmerDiff, naive, masks, colour baselines), their boundary
+F-scores under the same matching (``<method>_bf1``, ``_bf2``: theta 1 and 2 px; ``_bf2_agnostic``:
+all label changes) and open-vocabulary mIoU (:mod:`emerdiff_lab.toyworld.evaluation_v2`);
+differences paired over the same scenes with 95% t-intervals
+(:func:`emerdiff_lab.stats.paired_difference`). The random control is a random-weight UNet
+(seed 0) with the trained VAE and text encoder. The sweep picks t_m, lambda and blur by
+:data:`emerdiff_lab.toyworld.evaluation.SETTING_RULE` (mIoU first, then boundary F-score).
 """
 
 from __future__ import annotations
@@ -52,10 +55,10 @@ def chosen_config(model, out: Path):
 
 
 def run_sweep(args) -> None:
-    """EmerDiff's Hungarian mIoU on validation scenes over t_m x lambda x blur (one session per
-    scene: inversion and maps shared where the settings allow); writes out/settings.json with
-    the best setting."""
-    from emerdiff_lab.toyworld.evaluation import config_scores
+    """EmerDiff's Hungarian mIoU and boundary F-scores on validation scenes over t_m x lambda x
+    blur (one session per scene: inversion and maps shared where the settings allow); writes
+    out/settings.json with the setting SETTING_RULE picks (and the best by mIoU alone)."""
+    from emerdiff_lab.toyworld.evaluation import SETTING_RULE, choose_setting, config_score_table
     from emerdiff_lab.toyworld.evaluation_latent import scenes
 
     model = load_toyworld_v2(weights=args.weights)
@@ -64,14 +67,19 @@ def run_sweep(args) -> None:
         modulation_timestep=t_m, modulation_strength=strength, blur_sigma=blur)
         for t_m in args.timesteps for strength in args.strengths for blur in args.blurs}
     images, labels = scenes(args.n, start=VALIDATION_SEED_START)
-    scores = config_scores(model, images, labels, grid, base, progress=True)
-    means = {k: float(np.mean(v)) for k, v in scores.items()}
-    best = max(grid, key=means.get)
+    table = config_score_table(model, images, labels, grid, base, progress=True)
+    means = {key: {k: float(np.mean(v[key])) for k, v in table.items()}
+             for key in ("miou", "bf1", "bf2")}
+    best = choose_setting(table, grid)
     report = {"n": args.n, "start": VALIDATION_SEED_START, "weights": str(args.weights),
-              "weights_sha256": sha256(args.weights), "mean_miou": means,
-              "chosen": dict(zip(SETTINGS_KEYS, json.loads(best)))}
-    for key, value in sorted(means.items(), key=lambda kv: -kv[1]):
-        print(f"{value:.3f}  t_m, lambda, blur = {key}")
+              "weights_sha256": sha256(args.weights), "mean_miou": means["miou"],
+              "mean_bf1": means["bf1"], "mean_bf2": means["bf2"], "rule": SETTING_RULE,
+              "chosen": dict(zip(SETTINGS_KEYS, json.loads(best))),
+              "best_by_miou": dict(zip(SETTINGS_KEYS, json.loads(
+                  max(grid, key=means["miou"].get))))}
+    for key, value in sorted(means["miou"].items(), key=lambda kv: -kv[1]):
+        print(f"mIoU {value:.3f}  BF 2 px {means['bf2'][key]:.3f}  t_m, lambda, blur = {key}")
+    print(f"chosen ({SETTING_RULE}): {best}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "settings.json").write_text(json.dumps(report, indent=1))
 
@@ -96,8 +104,9 @@ def run_scenes(args) -> None:
                                 "config": {k: getattr(cfg, k) for k in SETTINGS_KEYS},
                                 "weights_sha256": sha256(args.weights),
                                 "seconds": time.time() - tick}) + "\n")
-        print(f"{args.which} {seed}: EmerDiff {scores['emerdiff']:.3f}, naive "
-              f"{scores['naive']:.3f}, open-vocab {scores['ov_emerdiff']:.3f} "
+        print(f"{args.which} {seed}: EmerDiff {scores['emerdiff']:.3f} (BF 2 px "
+              f"{scores['emerdiff_bf2']:.3f}), naive {scores['naive']:.3f} (BF 2 px "
+              f"{scores['naive_bf2']:.3f}), open-vocab {scores['ov_emerdiff']:.3f} "
               f"({time.time() - tick:.0f} s)", flush=True)
 
 
@@ -111,6 +120,8 @@ AIMS = (  # (label, method a, which a, method b, which b, aim on the mean, aim o
     ("no regression: EmerDiff v2 - EmerDiff toyworld-latent", "emerdiff", "trained",
      "emerdiff", "latent", None, -0.02),
     ("EmerDiff - naive (mIoU)", "emerdiff", "trained", "naive", "trained", 0.09, 0.0),
+    ("EmerDiff - naive (boundary F-score, 2 px)", "emerdiff_bf2", "trained", "naive_bf2",
+     "trained", 0.05, 0.0),
     ("k-means masks - cell-colour k-means", "masks", "trained", "cell_colour_kmeans", "trained",
      0.06, 0.0),
     ("open vocabulary: EmerDiff's masks - naive's", "ov_emerdiff", "trained", "ov_naive",
@@ -135,7 +146,7 @@ def summary(out: Path) -> dict:
     scores["latent"] = {m: v[:n] for m, v in latent.items()}
     aims = []
     for label, ma, wa, mb, wb, aim_mean, aim_low in AIMS:
-        if wa not in scores or wb not in scores:
+        if ma not in scores.get(wa, {}) or mb not in scores.get(wb, {}):
             continue
         k = min(len(scores[wa][ma]), len(scores[wb][mb]))
         d = paired_difference(scores[wa][ma][:k], scores[wb][mb][:k])
@@ -152,6 +163,7 @@ def summary(out: Path) -> dict:
     if "random" in scores:  # the same gains for the random control
         k = min(n, len(seeds["random"]))
         for label, ma, mb in (("EmerDiff - naive", "emerdiff", "naive"),
+                              ("EmerDiff - naive (BF 2 px)", "emerdiff_bf2", "naive_bf2"),
                               ("masks - cell-colour k-means", "masks", "cell_colour_kmeans"),
                               ("open vocabulary EmerDiff - naive", "ov_emerdiff", "ov_naive")):
             controls.setdefault("random_paired", {})[label] = paired_difference(
@@ -160,14 +172,31 @@ def summary(out: Path) -> dict:
             "per_image": scores}
 
 
+BF_COLUMNS = (("bf1", "BF 1 px"), ("bf2", "BF 2 px"), ("bf2_agnostic", "BF 2 px, all changes"))
+
+
+def _cell(s: dict | None) -> str:
+    return f"{s['mean']:.3f} ± {s['sem']:.3f}" if s else ""
+
+
 def markdown(report: dict) -> str:
     lines = ["| per-scene score (mean ± s.e.) | trained | random-weight UNet + trained VAE, "
              "text encoder |", "|---|---|---|"]
     trained, random = report["methods"]["trained"], report["methods"].get("random", {})
+    boundary = {f"{m}_{key}" for m in trained for key, _ in BF_COLUMNS}
     for method, s in trained.items():
-        r = random.get(method)
-        lines.append(f"| {method} | {s['mean']:.3f} ± {s['sem']:.3f} | "
-                     + (f"{r['mean']:.3f} ± {r['sem']:.3f} |" if r else " |"))
+        if method not in boundary:
+            lines.append(f"| {method} | {_cell(s)} | {_cell(random.get(method))} |")
+    columns = [(who, key, title) for who, part in (("trained", trained), ("random", random))
+               for key, title in BF_COLUMNS if any(k.endswith("_" + key) for k in part)]
+    if columns:  # the boundary F-scores of the Hungarian methods, one row per method
+        lines += ["", "| boundary F-score (mean ± s.e.) | "
+                  + " | ".join(f"{title}, {who}" for who, _, title in columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
+        for method in (m for m in trained if f"{m}_bf2" in trained):
+            parts = {"trained": trained, "random": random}
+            lines.append(f"| {method} | " + " | ".join(
+                _cell(parts[who].get(f"{method}_{key}")) for who, key, _ in columns) + " |")
     lines += ["", "| aim (paired, 95% CI) | measured | aim | met |", "|---|---|---|---|"]
     for a in report["aims"]:
         target = (f"mean ≥ {a['aim_mean']:+.2f}, " if a["aim_mean"] else "") + \

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from emerdiff_lab import demo
-from emerdiff_lab.evaluation.metrics import hungarian_miou
+from emerdiff_lab.evaluation.metrics import boundary_f_score, hungarian_miou
 
 
 @pytest.mark.slow
@@ -35,9 +35,13 @@ def test_demo_writes_outputs_summary_and_scores(tmp_path, capsys):
     row = demo.load_row(scene, out)
     expected = hungarian_miou(row.emerdiff.numpy(), row.truth.numpy()).miou
     line = next(li for li in printed.splitlines() if li.startswith(scene.stem))
-    naive, emerdiff = (float(x) for x in re.findall(r"\d\.\d{3}", line)[:2])
+    numbers = [float(x) for x in re.findall(r"\d\.\d{3}", line)]
+    naive, emerdiff = numbers[:2]
     assert emerdiff == pytest.approx(expected, abs=5e-4)
     assert naive == pytest.approx(row.naive_miou, abs=5e-4)
+    boundary = boundary_f_score(row.emerdiff.numpy(), row.truth.numpy()).bf
+    assert numbers[4] == pytest.approx(boundary, abs=5e-4)    # after naive BF: EmerDiff's BF
+    assert numbers[3] == pytest.approx(row.naive_bf, abs=5e-4)
     assert "unlabelled" in printed and "(no labels)" in printed
     assert "summary.png" in printed
 

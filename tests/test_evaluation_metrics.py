@@ -5,12 +5,18 @@ import pytest
 import torch
 
 from emerdiff_lab.evaluation.metrics import (
+    BF_KEYS,
+    boundary_f_score,
+    boundary_tolerance,
     confusion_matrix,
     hungarian_miou,
     iou_per_class,
+    label_boundary,
+    mask_boundary,
     mean_iou,
     pixel_accuracy,
     score_matched,
+    segmentation_scores,
 )
 
 
@@ -78,3 +84,86 @@ def test_bad_inputs_raise_clear_errors():
         confusion_matrix(np.zeros(3, int), np.array([0, 1, 5]), num_classes=2)
     with pytest.raises(ValueError, match="ignore_index"):
         hungarian_miou(np.zeros(3, int), np.full(3, 255))
+
+
+# --- boundary F-score -------------------------------------------------------------------------
+
+def _square(size=8, rows=(2, 6), cols=(2, 6), inside=1, outside=0):
+    labels = np.full((size, size), outside)
+    labels[rows[0]:rows[1], cols[0]:cols[1]] = inside
+    return labels
+
+
+def test_mask_and_label_boundaries_by_hand():
+    square = _square()                                  # 4 x 4 square of 1 in an 8 x 8 image
+    ring = square.astype(bool).copy()
+    ring[3:5, 3:5] = False                              # its 12 edge pixels
+    np.testing.assert_array_equal(mask_boundary(square == 1), ring)
+    assert mask_boundary(square == 0).sum() == 16       # the 4 x 4 ring outside, no corners
+    assert not mask_boundary(np.ones((5, 5), bool)).any()   # the image edge is no boundary
+    np.testing.assert_array_equal(label_boundary(square),
+                                  mask_boundary(square == 0) | mask_boundary(square == 1))
+
+
+def test_boundary_f_score_identical_relabelled_and_empty_cases():
+    gt = _square()
+    relabelled = _square(inside=7, outside=3)
+    for theta in (0.0, 1.0, 2.0):
+        assert boundary_f_score(relabelled, gt, theta=theta).bf == pytest.approx(1.0)
+        assert boundary_f_score(relabelled, gt, theta=theta,
+                                class_agnostic=True).bf == pytest.approx(1.0)
+    flat = np.zeros((6, 6), int)
+    assert boundary_f_score(flat + 4, flat).bf == 1.0           # both boundaries empty
+    split = flat.copy()
+    split[:, 3:] = 1
+    assert boundary_f_score(split, flat).bf == 0.0              # only the prediction has one
+    assert boundary_f_score(flat, split).bf == 0.0              # only the truth has one
+    assert boundary_f_score(split, flat, class_agnostic=True).bf == 0.0
+
+
+def test_boundary_f_score_shift_within_and_beyond_theta_and_hand_value():
+    gt = _square()
+    wider = _square(cols=(2, 7))                        # right edge one pixel further right
+    assert boundary_f_score(wider, gt, theta=1.0).bf == pytest.approx(1.0)
+    # theta 0.5: only coinciding pixels count. Square: 10 of the prediction's 14 edge pixels
+    # and of the truth's 12 coincide -> F = 2*10/(14+12); background: 12 of 18 and of 16 ->
+    # 2*12/(18+16); the image's score is their mean.
+    bf = boundary_f_score(wider, gt, theta=0.5)
+    np.testing.assert_allclose(bf.per_class, [24 / 34, 20 / 26])
+    assert bf.bf == pytest.approx((24 / 34 + 20 / 26) / 2)
+    # a three-pixel shift of a vertical edge is beyond theta = 2: lower, and lower still at 1
+    left = np.zeros((12, 12), int)
+    left[:, 6:] = 1
+    shifted = np.zeros((12, 12), int)
+    shifted[:, 9:] = 1
+    assert boundary_f_score(shifted, left, theta=2.0).bf == 0.0
+    one_off = np.zeros((12, 12), int)
+    one_off[:, 7:] = 1
+    assert boundary_f_score(one_off, left, theta=1.0).bf == pytest.approx(1.0)
+    partial = left.copy()
+    partial[:6, 6:9] = 0                                # the top half's edge moved 3 px
+    two, one = (boundary_f_score(partial, left, theta=t).bf for t in (2.0, 1.0))
+    assert 0.0 < two < 1.0 and one <= two
+
+
+def test_boundary_f_score_unmatched_clusters_ignore_and_scaling():
+    gt = np.zeros((8, 8), int)
+    gt[:, 4:] = 1
+    pred = gt.copy()
+    pred[:2, :2] = 2                  # a third cluster: unmatched, its pixels in no class
+    result = boundary_f_score(pred, gt, theta=0.0)
+    assert 0.0 < result.bf < 1.0
+    assert boundary_f_score(pred, gt, theta=0.0, class_agnostic=True).bf < 1.0
+    ignored = gt.copy()
+    ignored[:2, :2] = 255             # the same pixels ignored: class 0's true mask ends there
+    assert boundary_f_score(pred, ignored, theta=0.0).bf == pytest.approx(1.0)  # as predicted
+    assert boundary_f_score(gt, ignored, theta=0.0,
+                            class_agnostic=True).bf < 1.0        # gt edge at the ignored block
+    assert boundary_tolerance((128, 128)) == pytest.approx(2.0)
+    assert boundary_tolerance((64, 64)) == pytest.approx(1.0)
+    assert boundary_tolerance((3, 512, 512), 1.0) == pytest.approx(4.0)
+    scores = segmentation_scores(torch.from_numpy(pred), gt)
+    assert set(scores) == {"miou", *BF_KEYS}
+    assert scores["miou"] == pytest.approx(hungarian_miou(pred, gt).miou)
+    with pytest.raises(ValueError, match="H, W"):
+        boundary_f_score(np.zeros(4, int), np.zeros(4, int))

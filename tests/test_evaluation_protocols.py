@@ -132,3 +132,27 @@ def test_dense_clip_shapes_and_cls_path_matches_clip():
     torch.testing.assert_close(ours, theirs)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         DenseCLIP(model, WordTokenizer(), input_size=50)
+
+
+def test_every_protocol_reports_boundary_f_scores_beside_miou():
+    """BF of the protocol's own class assignment, per image then averaged. At 2 x 4 px theta is
+    far below one pixel, so only coinciding boundary pixels count: EmerDiff's edges coincide
+    with the truth's in both images (1); bilinear's lie one column off in both (0)."""
+    result = P.hungarian(_records(), num_classes=2)
+    for key in ("bf1", "bf2", "bf2_agnostic"):
+        assert result["emerdiff"][key] == pytest.approx(1.0)
+        assert result["emerdiff"][key + "_sem"] == pytest.approx(0.0)
+    assert result["bilinear"]["bf2"] == pytest.approx(0.0)
+    assert result["emerdiff"]["bf_images"] == result["bilinear"]["bf_images"] == 2
+    for protocol in (P.modified, P.traditional):
+        scores = protocol(_records(), num_classes=2)
+        assert scores["emerdiff"]["bf2"] == pytest.approx(1.0)
+        assert scores["emerdiff"]["bf_images"] == 2
+    direct = P.direct(_records(), num_classes=2, methods=("emerdiff",))
+    # as class ids, image B's EmerDiff map [0, 0, 1, 1] has its classes swapped: its edge still
+    # coincides (class-agnostic 1) but each class's boundary lies elsewhere
+    assert direct["emerdiff"]["bf2_agnostic"] == pytest.approx(1.0)
+    assert direct["emerdiff"]["bf2"] < 1.0
+    lines = P.boundary_table({"hungarian": result}, ["hungarian"], 512, lambda v: f"{100 * v:.1f}")
+    assert "θ = 8 px" in lines[0] and "θ = 4 px" in lines[0]
+    assert lines[2] == "| hungarian | 100.0 ± 0.0; 100.0 | 0.0 ± 0.0; 0.0 | 2 |"

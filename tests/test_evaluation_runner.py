@@ -89,10 +89,13 @@ def test_summary_layout(reference, small_cfg):
         for method in ("emerdiff", "bilinear"):
             assert 0 <= on_disk[protocol][method]["miou"] <= 1
             assert 0 <= on_disk[protocol][method]["pixel_accuracy"] <= 1
+            assert 0 <= on_disk[protocol][method]["bf2"] <= 1
+            assert on_disk[protocol][method]["bf_images"] == 4
     assert on_disk["config"] == small_cfg.to_dict() and on_disk["model_id"] == "tiny"
     assert on_disk["versions"]["torch"] and on_disk["dataset"]["num_images"] == 4
     table = (out / "summary.md").read_text()
     assert "| table | setting | EmerDiff | reference |" in table and "SD bilinear" in table
+    assert "boundary F-score" in table
     record = np.load(out / "records" / "scene_0.npz")
     assert record["gt"].shape == record["emerdiff"].shape == (SIZE, SIZE)
     assert record["mask_embeddings"].shape[0] == record["emerdiff"].max() + 1

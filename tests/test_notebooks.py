@@ -147,6 +147,7 @@ def test_quick_run_csvs_hold_the_plotted_numbers(quick_run):
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} == set(figures.METHODS)
     assert all(0.0 <= float(r["miou"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["bf2"]) <= 1.0 for r in rows)
     assert {r["image"] for r in rows} == {"test+0", "test+1"}
     assert all(r["weights"] and int(r["seed"]) >= 1_000_000_000 for r in rows)  # test seeds
     # The ablations are split: 05 writes the paper's tables, 09 Figure 14 and our choices.
@@ -160,7 +161,7 @@ def test_quick_run_csvs_hold_the_plotted_numbers(quick_run):
             assert any(table in a for a in ablations), f"{name} lacks {table}"
         others = [t for t in ("T4", "F14", "blur") if t not in tables]
         assert not any(t in a for a in ablations for t in others), f"{name} holds {others}"
-        assert {"seed", "weights", "cfg_seed", "is_default"} <= set(rows[0])
+        assert {"seed", "weights", "cfg_seed", "is_default", "bf2", "naive_bf2"} <= set(rows[0])
         if "T9" in tables:
             assert {r["value"] for r in rows if "T9" in r["ablation"]} == {"on", "off"}
     with open(out / "fig8_per_class.csv") as handle:
@@ -374,6 +375,11 @@ def test_paired_to_default_and_conclusions_come_from_the_per_image_rows():
     assert summary.loc["worse", "verdict"] == "loses to"
     (sentence,) = figures.ablation_conclusions(table)
     assert sentence.startswith("a = worse loses to the default")
+    table["bf2"] = table.miou[::-1].values     # another column: the default now loses
+    boundary = figures.paired_to_default(table, "bf2").set_index("value")
+    assert boundary.loc["worse", "verdict"] == "beats" and "bf2" in boundary
+    (sentence,) = figures.ablation_conclusions(table, "BF", score="bf2")
+    assert sentence.startswith("a = worse beats the default: BF difference")
 
 
 def test_compare_methods_scores_every_method_per_image_and_class(tmp_path):
@@ -383,6 +389,9 @@ def test_compare_methods_scores_every_method_per_image_and_class(tmp_path):
         ctx, examples, None, class_names=figures.class_names(examples), progress=False)
     assert set(per_image.method) == set(figures.METHODS) - {figures.CONTROL}
     assert len(per_image) == 2 * 4 and per_image.miou.between(0, 1).all()
+    for key in ("bf1", "bf2", "bf2_agnostic"):
+        assert per_image[key].between(0, 1).all()
+    assert (per_image.bf1 <= per_image.bf2).all()        # a looser tolerance never scores less
     assert set(per_class.name) <= set(CLASS_NAMES)
     summary = figures.method_summary(per_image)
     assert summary.set_index("method").loc[figures.NAIVE, "n"] == 2

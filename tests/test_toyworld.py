@@ -151,3 +151,16 @@ def test_recorded_evaluation_reproduces(toyworld):
         for method in METHODS:
             expected = float(np.mean(recorded["per_image"][method][:CI_SCENES]))
             assert abs(now["mean"][method] - expected) <= TOLERANCE, (name, method)
+
+
+def test_choose_setting_takes_the_best_edges_among_near_ties_in_miou():
+    from emerdiff_lab.toyworld.evaluation import choose_setting
+
+    table = {"naive": {"miou": [0.9, 0.9], "bf2": [1.0, 1.0]},         # never a candidate
+             "sharp": {"miou": [0.50, 0.51], "bf2": [0.60, 0.62]},     # 0.005 below the best
+             "best_miou": {"miou": [0.51, 0.52], "bf2": [0.40, 0.40]},
+             "sharper_but_worse": {"miou": [0.40, 0.40], "bf2": [0.90, 0.90]}}
+    assert choose_setting(table) == "sharp"
+    assert choose_setting(table, margin=0.0) == "best_miou"
+    assert choose_setting(table, margin=0.2) == "sharper_but_worse"
+    assert choose_setting(table, ["best_miou", "sharper_but_worse"]) == "best_miou"

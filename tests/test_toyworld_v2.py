@@ -206,3 +206,85 @@ def test_recorded_evaluation_reproduces(model):
         scores = evaluate_scene(m, pixels, labels, text, cfg, baselines=which == "trained")
         for method, values in record["per_image"][which].items():
             assert abs(scores[method] - values[0]) <= MIOU_ATOL, (which, method)
+
+
+def _untrained_v2():
+    """ToyWorld v2's architecture, tokenizer and text encoder with seeded random weights and no
+    weight file: enough to run the evaluation's code paths (its scores mean nothing)."""
+    from emerdiff_lab.core import EmerDiffModel, ddpm_scheduler_from_config
+    from emerdiff_lab.toyworld.captioned_model import build_caption_text_encoder
+    from emerdiff_lab.toyworld.latent_model import (SCHEDULER_CONFIG, build_unet, build_vae,
+                                                    default_config)
+
+    text_encoder, tokenizer = build_caption_text_encoder()
+    frozen = [m.eval().requires_grad_(False) for m in (build_unet(0), build_vae(), text_encoder)]
+    return EmerDiffModel(unet=frozen[0], vae=frozen[1], text_encoder=frozen[2],
+                         tokenizer=tokenizer,
+                         scheduler=ddpm_scheduler_from_config(SCHEDULER_CONFIG),
+                         device=torch.device("cpu"), dtype=torch.float32,
+                         default_config=default_config(), model_id="untrained-v2",
+                         random_weights=True)
+
+
+@pytest.mark.slow
+def test_evaluate_scene_scores_boundaries_beside_miou():
+    """Every Hungarian method gets its boundary F-scores (1 and 2 px, class-agnostic) beside its
+    mIoU, from the same predictions; the old keys stay (random weights, no weight file)."""
+    from emerdiff_lab.baselines import pixel_colour_kmeans
+    from emerdiff_lab.evaluation.metrics import BF_KEYS, segmentation_scores
+    from emerdiff_lab.toyworld.evaluation_v2 import (HUNGARIAN_METHODS,
+                                                     OPEN_VOCABULARY_METHODS, evaluate_scene,
+                                                     scene)
+
+    model = _untrained_v2()
+    pixels, labels, text = scene(1_000_000_000)
+    cfg = model.default_config.replace(num_masks=3, num_inference_steps=10,
+                                       modulation_timestep=401)
+    scores = evaluate_scene(model, pixels, labels, text, cfg, timesteps=(101,))
+    keys = [f"{m}_{k}" for m in HUNGARIAN_METHODS for k in BF_KEYS]
+    assert set(HUNGARIAN_METHODS) | set(OPEN_VOCABULARY_METHODS) | set(keys) <= set(scores)
+    assert all(0.0 <= scores[k] <= 1.0 for k in keys)
+    expected = segmentation_scores(pixel_colour_kmeans(pixels, 3, cfg.seed), labels)
+    assert scores["pixel_kmeans"] == pytest.approx(expected["miou"])
+    for key in BF_KEYS:
+        assert scores[f"pixel_kmeans_{key}"] == pytest.approx(expected[key])
+
+
+def _eval_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "eval_toyworld_v2.py"
+    spec = importlib.util.spec_from_file_location("eval_toyworld_v2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_reports_the_boundary_aim_with_a_paired_interval(tmp_path):
+    """The aims table pairs EmerDiff's and naive's per-scene BF (2 px) like their mIoU; checked
+    on made-up per-scene scores, against paired_difference on the same numbers."""
+    from emerdiff_lab.stats import paired_difference
+    from emerdiff_lab.toyworld.scenes256 import HELDOUT_SEED_START
+
+    script = _eval_script()
+    rng = np.random.default_rng(0)
+    methods = ("masks", "naive", "emerdiff", "pixel_kmeans", "cell_colour_kmeans",
+               "ov_emerdiff", "ov_naive")
+    rows = {which: [{m: float(rng.uniform()) for m in methods}
+                    | {f"{m}_bf2": float(rng.uniform()) for m in methods[:5]}
+                    for _ in range(5)] for which in ("trained", "random")}
+    for which, scores in rows.items():
+        with (tmp_path / f"{which}.jsonl").open("w") as f:
+            for i, s in enumerate(scores):
+                f.write(json.dumps({"seed": HELDOUT_SEED_START + i, "scores": s}) + "\n")
+    report = script.summary(tmp_path)
+    aim = next(a for a in report["aims"] if "boundary F-score" in a["aim"])
+    d = paired_difference([s["emerdiff_bf2"] for s in rows["trained"]],
+                          [s["naive_bf2"] for s in rows["trained"]])
+    assert (aim["n"], aim["mean"], aim["ci_low"], aim["ci_high"]) == pytest.approx(
+        (5, d.mean, d.ci_low, d.ci_high))
+    assert aim["met"] == (d.ci_low > 0 and d.mean >= 0.05)
+    assert "EmerDiff - naive (BF 2 px)" in report["methods"]["random_paired"]
+    table = script.markdown(report)
+    assert "| emerdiff | " in table and "BF 2 px, trained" in table
+    assert f"{report['methods']['trained']['emerdiff_bf2']['mean']:.3f}" in table

@@ -7,7 +7,12 @@ Metrics are importable without heavy dependencies::
 """
 
 from .metrics import (
+    BF_KEYS,
+    BoundaryResult,
     HungarianResult,
+    boundary_f_score,
+    boundary_scores,
+    boundary_tolerance,
     confusion_matrix,
     hungarian_match,
     hungarian_miou,
@@ -16,9 +21,12 @@ from .metrics import (
     pixel_accuracy,
     remap_confusion,
     score_matched,
+    segmentation_scores,
 )
 
 __all__ = [
-    "HungarianResult", "confusion_matrix", "hungarian_match", "hungarian_miou", "iou_per_class",
-    "mean_iou", "pixel_accuracy", "remap_confusion", "score_matched",
+    "BF_KEYS", "BoundaryResult", "HungarianResult", "boundary_f_score", "boundary_scores",
+    "boundary_tolerance", "confusion_matrix", "hungarian_match", "hungarian_miou",
+    "iou_per_class", "mean_iou", "pixel_accuracy", "remap_confusion", "score_matched",
+    "segmentation_scores",
 ]

@@ -616,6 +616,7 @@ def markdown_table(summary: dict, protocols) -> str:
         scores = summary[protocol]
         lines.append(f"| {protocol} | {pct(scores['emerdiff']['pixel_accuracy'])} | "
                      f"{pct(scores['bilinear']['pixel_accuracy'])} |")
+    lines += ["", *P.boundary_table(summary, protocols, summary["image_size"], pct)]
     if summary.get("random_weights"):
         lines += ["", ("The model has random weights: these numbers test the pipeline, not "
                        "the method.")]

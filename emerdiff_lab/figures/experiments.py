@@ -7,7 +7,10 @@ score from :func:`emerdiff_lab.evaluation.metrics.hungarian_miou`. The session c
 once per the settings it reads (a sweep over t_m inverts once, to the deepest t_m; blur and map
 normalisation re-assemble stored maps), and keeps raw maps on disk in ``ctx.cache_dir`` keyed by
 settings, weights, dtype, device and pixels, so notebooks that score the same scenes (04, 06,
-07, and 05's default setting) share them.
+07, and 05's default setting) share them. Beside each mIoU, under the same matching, the
+boundary F-scores ``bf1``, ``bf2`` (theta 1 and 2 px at 128 px, scaled with the image) and
+``bf2_agnostic`` (:func:`emerdiff_lab.evaluation.metrics.boundary_scores`): how closely each
+method's edges follow the true ones, which mIoU barely sees.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from ..assembly import assemble
 from ..baselines import nearest_upsample, pixel_colour_kmeans, upsample_bilinear
-from ..evaluation.metrics import hungarian_miou
+from ..evaluation.metrics import boundary_scores, hungarian_miou, segmentation_scores
 from .context import Example, FigureContext
 
 EMERDIFF = "EmerDiff"
@@ -107,9 +110,9 @@ def compare_methods(ctx: FigureContext, examples: list[Example], control=None, *
     Returns:
         ``(per_image, per_class, labels)``: a DataFrame with one row per (image, method):
         image, seed (the scene's), method, weights (:func:`weights_fingerprint`), cfg_seed,
-        miou; a DataFrame with one row per (image, method, class present in the image): the
-        same columns with class, name, iou (Hungarian-matched) instead of miou; and
-        {image name: {method: (S, S) labels}} for plotting.
+        miou, bf1, bf2, bf2_agnostic; a DataFrame with one row per (image, method, class present
+        in the image): the same columns with class, name, iou (Hungarian-matched) instead of
+        the scores; and {image name: {method: (S, S) labels}} for plotting.
     """
     from tqdm.auto import tqdm
 
@@ -125,18 +128,21 @@ def compare_methods(ctx: FigureContext, examples: list[Example], control=None, *
             result = hungarian_miou(pred, example.labels, num_classes=num_classes)
             base = {"image": example.name, "seed": example.seed, "method": method,
                     "weights": ctx.weights, "cfg_seed": ctx.cfg.seed}
-            rows.append(base | {"miou": result.miou})
+            rows.append(base | {"miou": result.miou} | boundary_scores(
+                pred, example.labels, result.mapping, num_classes=num_classes))
             class_rows += [base | {"class": c, "name": class_names[c] if class_names else str(c),
                                    "iou": float(result.iou[c])} for c in present]
     return pd.DataFrame(rows), pd.DataFrame(class_rows), labels
 
 
-def method_summary(per_image: pd.DataFrame, reference: str = EMERDIFF) -> pd.DataFrame:
-    """Mean ± s.e. of each method's per-image mIoU, and its paired difference to ``reference``
-    (``reference`` minus method; 95% t-interval) with the verdict word the interval supports."""
+def method_summary(per_image: pd.DataFrame, reference: str = EMERDIFF,
+                   value: str = "miou") -> pd.DataFrame:
+    """Mean ± s.e. of each method's per-image ``value`` (a column: "miou", "bf2", ...), and its
+    paired difference to ``reference`` (``reference`` minus method; 95% t-interval) with the
+    verdict word the interval supports."""
     from ..stats import paired_difference, summarize
 
-    wide = per_image.pivot(index="image", columns="method", values="miou")
+    wide = per_image.pivot(index="image", columns="method", values=value)
     rows = []
     for method in [m for m in METHODS if m in wide] + [m for m in wide if m not in METHODS]:
         row = {"method": method, **summarize(wide[method])}
@@ -150,11 +156,12 @@ def method_summary(per_image: pd.DataFrame, reference: str = EMERDIFF) -> pd.Dat
 
 
 def conclusions(per_image: pd.DataFrame, reference: str = EMERDIFF, metric: str = "mIoU",
-                against=None) -> list[str]:
-    """One computed sentence per baseline (:func:`emerdiff_lab.stats.conclusion`)."""
+                against=None, value: str = "miou") -> list[str]:
+    """One computed sentence per baseline (:func:`emerdiff_lab.stats.conclusion`) on the
+    per-image column ``value`` (named ``metric`` in the sentence)."""
     from ..stats import conclusion
 
-    wide = per_image.pivot(index="image", columns="method", values="miou")
+    wide = per_image.pivot(index="image", columns="method", values=value)
     against = against or [m for m in METHODS if m in wide and m != reference]
     return [conclusion(wide[reference], wide[m], reference, m, metric=metric) for m in against]
 
@@ -267,9 +274,10 @@ def _is_default(ctx, cfg) -> bool:
 def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
                    progress: bool = True) -> pd.DataFrame:
     """Every setting of :func:`ablation_settings` on every example: one row per (ablation,
-    value, image) with miou (EmerDiff), naive_miou (bilinear upsampling of that setting's
-    masks), is_default, seconds (0 when cached or post-processing only), seed, weights, cfg_seed
-    and steps (the schedule's, ``ctx.ablation_cfg``'s).
+    value, image) with miou, bf1, bf2 (EmerDiff's mIoU and boundary F-scores), naive_miou and
+    naive_bf2 (bilinear upsampling of that setting's masks), is_default, seconds (0 when cached
+    or post-processing only), seed, weights, cfg_seed and steps (the schedule's,
+    ``ctx.ablation_cfg``'s).
 
     Work is shared through the example's session: features per (layer, t_f, prompt, seed),
     one inversion to the deepest t_m, maps on disk; blur and map normalisation re-assemble the
@@ -288,11 +296,12 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
         for ablation, value, changes in settings:
             cfg = ctx.ablation_cfg.replace(**changes)
             maps = emerdiff_maps(ctx, example, cfg)
+            ours = segmentation_scores(maps.labels(cfg), example.labels)
+            naive = segmentation_scores(upsample_bilinear(maps.lowres, ctx.image_size),
+                                        example.labels)
             rows.append({"ablation": ablation, "value": value, "image": example.name,
-                         "seed": example.seed,
-                         "miou": hungarian_miou(maps.labels(cfg), example.labels).miou,
-                         "naive_miou": hungarian_miou(upsample_bilinear(
-                             maps.lowres, ctx.image_size), example.labels).miou,
+                         "seed": example.seed, "miou": ours["miou"], "naive_miou": naive["miou"],
+                         "bf1": ours["bf1"], "bf2": ours["bf2"], "naive_bf2": naive["bf2"],
                          "is_default": _is_default(ctx, cfg), "seconds": round(maps.seconds, 3),
                          "weights": ctx.weights, "cfg_seed": cfg.seed,
                          "steps": cfg.num_inference_steps})
@@ -303,21 +312,22 @@ def ablation_table(ctx: FigureContext, examples: list[Example], settings=None,
                                           kind="stable").reset_index(drop=True)
 
 
-def paired_to_default(table: pd.DataFrame) -> pd.DataFrame:
-    """Each setting's per-image mIoU minus the default's on the same image, summarised: one
-    row per (ablation, value) with mean, sem, ci_low, ci_high, n and the verdict of the setting
-    against the default (``emerdiff_lab.stats``). The default rows have difference 0."""
+def paired_to_default(table: pd.DataFrame, score: str = "miou") -> pd.DataFrame:
+    """Each setting's per-image ``score`` (a column: "miou", "bf2", ...) minus the default's on
+    the same image, summarised: one row per (ablation, value) with the setting's mean ``score``,
+    mean, sem, ci_low, ci_high (of the difference), n and the verdict of the setting against the
+    default (``emerdiff_lab.stats``). The default rows have difference 0."""
     from ..stats import paired_difference
 
     default = (table[table.is_default].drop_duplicates("image")
-               .set_index("image")["miou"])
+               .set_index("image")[score])
     rows = []
     for (ablation, value), group in table.groupby(["ablation", "value"], sort=False):
-        scores = group.set_index("image")["miou"]
+        scores = group.set_index("image")[score]
         base = default.loc[scores.index]
         is_default = bool(group.is_default.all())
         row = {"ablation": ablation, "value": value, "is_default": is_default,
-               "miou": float(scores.mean()), "n": int(len(scores))}
+               score: float(scores.mean()), "n": int(len(scores))}
         if len(scores) > 1:
             diff = paired_difference(scores.values, base.values)
             row |= {"mean": diff.mean, "sem": diff.sem, "ci_low": diff.ci_low,
@@ -367,17 +377,19 @@ def failure_stats(labels: torch.Tensor, gt: torch.Tensor, *, small_min: int = 4,
     return rows
 
 
-def ablation_conclusions(table: pd.DataFrame, metric: str = "mIoU") -> list[str]:
+def ablation_conclusions(table: pd.DataFrame, metric: str = "mIoU",
+                         score: str = "miou") -> list[str]:
     """One computed sentence per non-default setting: the setting against the default on the
-    same images (:func:`emerdiff_lab.stats.conclusion`)."""
+    same images (:func:`emerdiff_lab.stats.conclusion`), on the column ``score`` (named
+    ``metric`` in the sentence)."""
     from ..stats import conclusion
 
-    default = table[table.is_default].drop_duplicates("image").set_index("image")["miou"]
+    default = table[table.is_default].drop_duplicates("image").set_index("image")[score]
     sentences = []
     for (ablation, value), group in table.groupby(["ablation", "value"], sort=False):
         if group.is_default.all() or len(group) < 2:
             continue
-        scores = group.set_index("image")["miou"]
+        scores = group.set_index("image")[score]
         sentences.append(conclusion(scores.values, default.loc[scores.index].values,
                                     f"{ablation} = {value}", "the default", metric=metric))
     return sentences

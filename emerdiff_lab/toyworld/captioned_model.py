@@ -123,7 +123,9 @@ def load_toyworld_v2(device="cpu", dtype=torch.float32, *, weights: str | Path |
         unet=moved(unet, device, dtype), vae=moved(vae, device, dtype),
         text_encoder=moved(text_encoder, device, dtype), tokenizer=copy.deepcopy(parts[3]),
         scheduler=ddpm_scheduler_from_config(SCHEDULER_CONFIG), device=device, dtype=dtype,
-        default_config=default_config(),
+        # 8 px, the blur v2 was set up with: its own sweep (scripts/eval_toyworld_v2.py) picks
+        # its settings, not toyworld-latent's (issue 21)
+        default_config=default_config(blur_sigma=8.0),
         model_id=MODEL_ID if not random_weights else f"{MODEL_ID}-random{seed}",
         random_weights=random_weights)
 

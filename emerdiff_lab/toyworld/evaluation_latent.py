@@ -1,7 +1,9 @@
 """Held-out evaluation of EmerDiff on ToyWorld-latent's scenes (128 px), with baselines that need
 no diffusion model.
 
-For every scene, each scored by per-image Hungarian mIoU against the exact class map:
+For every scene, each scored by per-image Hungarian mIoU against the exact class map and, under
+the same matching, by the boundary F-score (``name_bf1``, ``name_bf2``, ``name_bf2_agnostic``:
+:func:`~emerdiff_lab.toyworld.evaluation.method_scores`):
 
 - ``masks``: k-means (K masks) of the 16x16 UNet features, nearest-upsampled (each 8 px cell one
   label): how semantic the masks themselves are;
@@ -24,10 +26,16 @@ from tqdm.auto import tqdm
 
 from ..baselines import pixel_colour_kmeans
 from ..config import EmerDiffConfig
-from ..evaluation.metrics import hungarian_miou
 from ..features import kmeans_masks
 from .evaluation import METHODS as SCENE_METHODS
-from .evaluation import VALIDATION_SEED_START, evaluate_scene, nearest_upsample, summarize
+from .evaluation import (
+    VALIDATION_SEED_START,
+    evaluate_scene,
+    method_scores,
+    nearest_upsample,
+    score_keys,
+    summarize,
+)
 from .latent_model import IMAGE_SIZE
 from .scenes256 import HELDOUT_SEED_START, generate_batch
 
@@ -50,13 +58,11 @@ def scenes(n: int, *, start: int = TEST_SEED_START, size: int = IMAGE_SIZE):
             torch.from_numpy(labels))
 
 
-def _score(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    return hungarian_miou(pred, gt).miou
-
-
 def baseline_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
                     cfg: EmerDiffConfig) -> dict[str, float]:
-    """mIoU of the three model-free (or VAE-only) baselines for one scene.
+    """Scores (:func:`~emerdiff_lab.toyworld.evaluation.method_scores`: mIoU under the method's
+    name, boundary F-scores beside it) of the three model-free (or VAE-only) baselines for one
+    scene.
 
     Args:
         model: an EmerDiffModel with a VAE (its UNet is not used).
@@ -67,19 +73,24 @@ def baseline_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
     cell = size // 16
     cells = F.avg_pool2d(pixels[None], cell)[0].permute(1, 2, 0)          # (16, 16, 3)
     latent = model.encode(pixels[None])[0].permute(1, 2, 0).cpu()           # (32, 32, 4)
-    return {
-        "pixel_kmeans": _score(pixel_colour_kmeans(pixels, k, cfg.seed), labels),
-        "cell_colour_kmeans": _score(nearest_upsample(
-            kmeans_masks(cells, k=k, seed=cfg.seed, normalization="none"), size), labels),
-        "latent_kmeans": _score(nearest_upsample(
-            kmeans_masks(latent, k=k, seed=cfg.seed, normalization="none"), size), labels),
+    predictions = {
+        "pixel_kmeans": pixel_colour_kmeans(pixels, k, cfg.seed),
+        "cell_colour_kmeans": nearest_upsample(
+            kmeans_masks(cells, k=k, seed=cfg.seed, normalization="none"), size),
+        "latent_kmeans": nearest_upsample(
+            kmeans_masks(latent, k=k, seed=cfg.seed, normalization="none"), size),
     }
+    scores = {}
+    for name, pred in predictions.items():
+        scores |= method_scores(name, pred, labels)
+    return scores
 
 
 def unet_scores(model, pixels: torch.Tensor, labels: torch.Tensor,
                 cfg: EmerDiffConfig) -> dict[str, float]:
-    """mIoU of ``UNET_METHODS`` for one scene (pixels (3, S, S) in [0, 1], labels (S, S)): the
-    64 px model's per-scene evaluation, which scores the same methods."""
+    """Scores (mIoU and boundary F-scores) of ``UNET_METHODS`` for one scene (pixels (3, S, S) in
+    [0, 1], labels (S, S)): the 64 px model's per-scene evaluation, which scores the same
+    methods."""
     return evaluate_scene(model, pixels, labels, cfg)
 
 
@@ -88,23 +99,23 @@ def evaluate(model, n: int, cfg: EmerDiffConfig | None = None, *, start: int = T
     """Evaluates ``model`` on ``n`` held-out scenes (IMAGE_SIZE px) from seed ``start``.
 
     Returns:
-        dict with ``per_image`` ({method: [n floats]}), ``mean``, ``sem`` (standard error over
-        scenes), ``seconds_per_scene``, ``n``, ``start`` and ``config``; baselines included
-        when ``baselines``.
+        dict with ``per_image`` ({key: [n floats]}: each method's mIoU under its name, its
+        boundary F-scores under ``name_bf1``, ``name_bf2``, ``name_bf2_agnostic``), ``mean``,
+        ``sem`` (standard error over scenes), ``seconds_per_scene``, ``n``, ``start`` and
+        ``config``; baselines included when ``baselines``.
     """
     import time
 
     cfg = cfg or model.default_config
     pixels, labels = scenes(n, start=start)
-    methods = METHODS if baselines else UNET_METHODS
-    per_image = {m: [] for m in methods}
+    per_image = {key: [] for key in score_keys(METHODS if baselines else UNET_METHODS)}
     tick = time.time()
     for i in tqdm(range(n), desc=f"eval {model.model_id}", disable=not progress):
         scores = unet_scores(model, pixels[i], labels[i], cfg)
         if baselines:
             scores |= baseline_scores(model, pixels[i], labels[i], cfg)
-        for m in methods:
-            per_image[m].append(scores[m])
+        for key in per_image:
+            per_image[key].append(scores[key])
     return summarize(per_image) | {"n": n, "start": start, "config": cfg.to_dict(),
                                    "seconds_per_scene": (time.time() - tick) / n}
 
