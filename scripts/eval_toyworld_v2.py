@@ -2,7 +2,7 @@
 """Held-out evaluation of ToyWorld v2 (issue 22's aims table) and its settings search.
 
     # settings (t_m, lambda, blur) chosen on validation scenes, never the test scenes
-    python scripts/eval_toyworld_v2.py sweep --n 8 --out /work/runs/toyworld_v2/eval
+    python scripts/eval_toyworld_v2.py sweep --n 8 --blurs 1 2 4 8 --out /work/runs/toyworld_v2/eval
     # per-scene scores of the trained model and the random control (resumable JSON lines)
     python scripts/eval_toyworld_v2.py scenes --which trained --n 48   # --out: default below
     python scripts/eval_toyworld_v2.py scenes --which random --n 48
@@ -10,6 +10,8 @@
     python scripts/eval_toyworld_v2.py summary --out /work/runs/toyworld_v2/eval --record
     # figures/toyworld_v2_samples.png (unconditional and captioned samples)
     python scripts/eval_toyworld_v2.py figure
+    # does the UNet use its caption? (epsilon MSE: own caption, empty prompt, another's)
+    python scripts/eval_toyworld_v2.py caption-use --n 48
 
 Scores: per-image Hungarian mIoU (EmerDiff, naive, masks, colour baselines), their boundary
 F-scores under the same matching (``<method>_bf1``, ``_bf2``: theta 1 and 2 px; ``_bf2_agnostic``:
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import textwrap
 import time
 from pathlib import Path
 
@@ -166,8 +169,10 @@ def summary(out: Path) -> dict:
                               ("EmerDiff - naive (BF 2 px)", "emerdiff_bf2", "naive_bf2"),
                               ("masks - cell-colour k-means", "masks", "cell_colour_kmeans"),
                               ("open vocabulary EmerDiff - naive", "ov_emerdiff", "ov_naive")):
+            # The colour baselines use no UNet: scored once, in the trained model's run.
+            b = scores["random"].get(mb, scores["trained"].get(mb))
             controls.setdefault("random_paired", {})[label] = paired_difference(
-                scores["random"][ma][:k], scores["random"][mb][:k]).describe()
+                scores["random"][ma][:k], b[:k]).describe()
     return {"n": {w: len(s) for w, s in seeds.items()}, "aims": aims, "methods": controls,
             "per_image": scores}
 
@@ -223,6 +228,30 @@ def run_summary(args) -> None:
         print(f"recorded {RECORDED_PATH}")
 
 
+def run_caption_use(args) -> None:
+    """out/caption_use.json: the epsilon MSE of the trained UNet on test scenes with their own
+    caption, the empty prompt and another scene's caption, per band of t, with paired intervals
+    (relative to the empty prompt's MSE) of own - empty and own - another."""
+    from emerdiff_lab.toyworld.evaluation_v2 import caption_use_errors
+
+    seeds = range(HELDOUT_SEED_START, HELDOUT_SEED_START + args.n)
+    errors = caption_use_errors(load_toyworld_v2(weights=args.weights), seeds)
+    own, empty = errors["own caption"], errors["empty prompt"]
+    report = {"n_scenes": args.n, "weights_sha256": sha256(args.weights),
+              "mse": {kind: {band: summarize(v) for band, v in e.items()}
+                      for kind, e in errors.items()}, "relative_to_empty": {}}
+    for other in ("empty prompt", "another scene's caption"):
+        for band in own:
+            scale = float(np.mean(empty[band]))
+            d = paired_difference(np.array(own[band]) / scale,
+                                  np.array(errors[other][band]) / scale)
+            report["relative_to_empty"][f"own - {other}, t {band}"] = d.describe(digits=4)
+    for label, text in report["relative_to_empty"].items():
+        print(f"{label}: {text}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "caption_use.json").write_text(json.dumps(report, indent=1))
+
+
 SAMPLE_CAPTIONS = ("three trees and a house on grass below mountains under the sky",
                    "a rock on sand by the water under the sky",
                    "two fences on grass by the water under the sky")
@@ -245,14 +274,15 @@ def run_figure(args) -> None:
     for j in range(4):
         pixels, _, text = scene(HELDOUT_SEED_START + j)
         axes[0, j].imshow(pixels.permute(1, 2, 0).numpy())
-        axes[0, j].set_title(f"test scene: {text}", fontsize=5.5, wrap=True)
+        axes[0, j].set_title(textwrap.fill(f"test scene: {text}", 34), fontsize=6)
     for i, (text, images) in enumerate(rows, start=1):
         for j in range(4):
             axes[i, j].imshow(images[j].permute(1, 2, 0).numpy())
         axes[i, 0].set_title(f"samples: {text}", fontsize=7, loc="left")
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle(f"ToyWorld v2 (trained weights {sha256(args.weights)[:12]}), 128 px", fontsize=9)
+    fig.suptitle(f"ToyWorld v2 (trained weights {sha256(args.weights)[:12]}), 128 px; samples: "
+                 f"50-step DDPM, the same seed per column for every prompt", fontsize=9)
     out = ROOT / "figures" / "toyworld_v2_samples.png"
     fig.savefig(out, dpi=90, bbox_inches="tight")
     print(f"wrote {out}")
@@ -260,21 +290,21 @@ def run_figure(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("sweep", "scenes", "summary", "figure"))
+    p.add_argument("mode", choices=("sweep", "scenes", "summary", "figure", "caption-use"))
     p.add_argument("--n", type=int, default=48, help="number of scenes")
     p.add_argument("--which", choices=("trained", "random"), default="trained")
     p.add_argument("--weights", type=Path, default=WEIGHTS_PATH)
     p.add_argument("--control-seed", type=int, default=0)
     p.add_argument("--timesteps", type=int, nargs="+", default=[281, 481])
     p.add_argument("--strengths", type=float, nargs="+", default=[30.0, 100.0])
-    p.add_argument("--blurs", type=float, nargs="+", default=[2.0, 4.0, 8.0])
+    p.add_argument("--blurs", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("/work/runs/toyworld_v2/eval"))
     p.add_argument("--record", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"sweep": run_sweep, "scenes": run_scenes, "summary": run_summary,
-     "figure": run_figure}[args.mode](args)
+     "figure": run_figure, "caption-use": run_caption_use}[args.mode](args)
 
 
 if __name__ == "__main__":

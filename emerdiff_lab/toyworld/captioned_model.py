@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import EmerDiffConfig
 from ..core import (EmerDiffModel, ddpm_scheduler_from_config, moved, register_model,
                     resolve_device, resolve_dtype)
 from ..tiny import byte_level_tokens, clip_tokenizer_from_vocab
 from .captions import VOCABULARY
-from .latent_model import SCHEDULER_CONFIG, _load_part, build_unet, build_vae, default_config
+from .latent_model import SCHEDULER_CONFIG, _load_part, build_unet, build_vae
 from .model import build_text_encoder
 
 MODEL_ID = "toyworld-v2"
@@ -80,6 +81,14 @@ def build_caption_text_encoder(seed: int = 0):
     return text_encoder.train().requires_grad_(True), tokenizer
 
 
+def default_config() -> EmerDiffConfig:
+    """EmerDiff settings for ToyWorld v2, chosen on 8 validation scenes (never the test scenes)
+    over t_m 281/481 x lambda 30/100 x blur 1/2/4/8 px by the boundary-aware rule of
+    :data:`~.evaluation.SETTING_RULE` (MODEL_CARD.md: the sweep's table)."""
+    return EmerDiffConfig(num_masks=6, feature_timestep=1, modulation_timestep=481,
+                          modulation_strength=30.0, blur_sigma=2.0)
+
+
 @functools.lru_cache(maxsize=2)
 def _components_cpu(path: str) -> tuple:
     from safetensors.torch import load_file
@@ -123,9 +132,7 @@ def load_toyworld_v2(device="cpu", dtype=torch.float32, *, weights: str | Path |
         unet=moved(unet, device, dtype), vae=moved(vae, device, dtype),
         text_encoder=moved(text_encoder, device, dtype), tokenizer=copy.deepcopy(parts[3]),
         scheduler=ddpm_scheduler_from_config(SCHEDULER_CONFIG), device=device, dtype=dtype,
-        # 8 px, the blur v2 was set up with: its own sweep (scripts/eval_toyworld_v2.py) picks
-        # its settings, not toyworld-latent's (issue 21)
-        default_config=default_config(blur_sigma=8.0),
+        default_config=default_config(),
         model_id=MODEL_ID if not random_weights else f"{MODEL_ID}-random{seed}",
         random_weights=random_weights)
 

@@ -121,3 +121,43 @@ def evaluate_scene(model, pixels: torch.Tensor, labels: torch.Tensor, text: str,
     return scores | open_vocabulary_scores(model, pixels, labels, predictions,
                                            timesteps=timesteps, seed=cfg.seed,
                                            text=text if oracle else None)
+
+
+CAPTION_USE_BANDS = ((0, 250), (250, 500), (500, 750), (750, 1000))
+
+
+@torch.no_grad()
+def caption_use_errors(model, seeds, *, repeats: int = 2, seed: int = 0) -> dict:
+    """Does the UNet use its caption? Per band of t, the epsilon MSE on the scenes of ``seeds``
+    with each scene's own caption, the empty prompt and another scene's caption (the next
+    seed's), with the same noise and timesteps for all three prompts.
+
+    Returns:
+        ``{prompt kind: {"lo-hi": [per-sample MSE, len(seeds) * repeats of them]}}`` for the
+        kinds ``own caption``, ``empty prompt`` and ``another scene's caption``.
+    """
+    from diffusers import DDIMScheduler
+
+    from .latent_model import SCHEDULER_CONFIG
+
+    pixels, texts = zip(*((p, t) for p, _, t in map(scene, seeds)))
+    x0 = model.encode(torch.stack(pixels).to(model.device, model.dtype))
+    alphas = DDIMScheduler.from_config(SCHEDULER_CONFIG).alphas_cumprod.float()
+    kinds = {"own caption": list(texts), "empty prompt": [""] * len(texts),
+             "another scene's caption": list(texts[1:] + texts[:1])}
+    contexts = {kind: model.text_encoder(model.tokenizer(
+        prompts, padding="max_length", truncation=True, max_length=model.tokenizer.model_max_length,
+        return_tensors="pt").input_ids.to(model.device))[0] for kind, prompts in kinds.items()}
+    generator = torch.Generator().manual_seed(seed)
+    errors = {kind: {} for kind in kinds}
+    for lo, hi in CAPTION_USE_BANDS:
+        for _ in range(repeats):
+            t = torch.randint(lo, hi, (len(x0),), generator=generator)
+            eps = torch.randn(x0.shape, generator=generator).to(x0)
+            ab = alphas[t].view(-1, 1, 1, 1).to(x0)
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+            for kind, context in contexts.items():
+                pred = model.unet(x_t, t.to(model.device), encoder_hidden_states=context).sample
+                errors[kind].setdefault(f"{lo}-{hi}", []).extend(
+                    ((pred - eps) ** 2).float().mean((1, 2, 3)).tolist())
+    return errors

@@ -81,8 +81,7 @@ BLUR_SIGMA = 1.0
 def default_config(blur_sigma: float = BLUR_SIGMA) -> EmerDiffConfig:
     """EmerDiff settings for this model: t_m, lambda from a small search on 4 validation scenes
     (t_m 281/481 x lambda 10/30/100 x blur 1/2/4/8 px, MODEL_CARD.md; the top settings tied
-    within 0.01 mIoU there, so they are coarse choices), ``blur_sigma`` (px) :data:`BLUR_SIGMA`
-    (ToyWorld v2 passes its own)."""
+    within 0.01 mIoU there, so they are coarse choices), ``blur_sigma`` (px) :data:`BLUR_SIGMA`."""
     return EmerDiffConfig(num_masks=6, feature_timestep=1, modulation_timestep=481,
                           modulation_strength=100.0, blur_sigma=blur_sigma)
 
