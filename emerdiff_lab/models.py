@@ -268,7 +268,7 @@ def from_pipeline(pipe, *, model_id: str | None = None, revision: str | None = N
 # imported; importing them here (after everything above exists) makes load_model("tiny"),
 # ("tiny-sdxl"), ("tiny-pixart"), ("toyworld") and ("toyworld-latent") available once
 # emerdiff_lab is imported.
-from . import tiny, tiny_pixart, tiny_sd3, tiny_sdxl  # noqa: E402, F401
+from . import tiny, tiny_flux, tiny_pixart, tiny_sd3, tiny_sdxl  # noqa: E402, F401
 from .toyworld import latent_model as _toyworld_latent, model as _toyworld  # noqa: E402, F401
 from .toyworld import captioned_model as _toyworld_v2  # noqa: E402, F401 - "toyworld-v2"
 
