@@ -224,6 +224,11 @@ class FluxGeometry(PatchGeometry):
             raise ValueError(f"expected a FluxTransformer2DModel with single_transformer_blocks, "
                              f"got {type(denoiser).__name__}")
         super().__init__(denoiser)
+        blocks = denoiser.transformer_blocks
+        if len(blocks) and not is_flux_attention(blocks[0].attn):
+            raise ValueError("this diffusers drives FLUX with its generic Attention class; "
+                             "EmerDiff's FLUX support needs a diffusers with FluxAttention "
+                             "(developed on 0.42.1)")
         self.text_tokens = text_tokens
 
     @property
