@@ -38,3 +38,19 @@ $PY benchmarks/bench_compile.py --device cuda --configs "$CONFIGS" --model sd14-
 # float16 against float32 labels on the trained ToyWorld model.
 $PY benchmarks/half_precision_agreement.py --device cuda --dtype float16 --n 8 \
     --json "$OUT/agreement-toyworld-fp16-cuda.json"
+# Flow-matching transformers at K = 30 (issue 25), bfloat16, measured against the on-paper costs
+# of BENCHMARKS.md (benchmarks/flow_costs.py). They need real weights in the local cache (both
+# repositories are gated): set FLOW_SD3 and/or FLOW_FLUX to a hub id or folder to run them, e.g.
+#   FLOW_SD3=stabilityai/stable-diffusion-3.5-medium FLOW_FLUX=black-forest-labs/FLUX.1-dev
+# FLUX.1-dev at 1024 px needs an 80 GB GPU for the batched path (about 52 GiB by the estimate).
+$PY benchmarks/flow_costs.py > "$OUT/flow-costs-on-paper.md"
+for size in 512 1024; do
+    if [ -n "${FLOW_SD3:-}" ]; then
+        bench --model "$FLOW_SD3" --image-size "$size" --num-masks 30 --dtype bfloat16 \
+            --skip-naive --json "$OUT/gpu-sd35medium-$size-k30-bf16.json"
+    fi
+    if [ -n "${FLOW_FLUX:-}" ]; then
+        bench --model "$FLOW_FLUX" --image-size "$size" --num-masks 30 --dtype bfloat16 \
+            --skip-naive --json "$OUT/gpu-flux1dev-$size-k30-bf16.json"
+    fi
+done

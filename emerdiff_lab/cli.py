@@ -128,11 +128,13 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = "tin
     """--model, --device, --dtype, --revision, --local-files-only: shared by every subcommand."""
     parser.add_argument("--model", default=default_model,
                         help="an offline model: 'toyworld' (trained, 64 px generated scenes), "
-                             "'tiny', 'tiny-sdxl', 'tiny-pixart' or 'tiny-sd3' (random weights: "
-                             "mechanics only); a hub id such as CompVis/stable-diffusion-v1-4, "
+                             "'tiny', 'tiny-sdxl', 'tiny-pixart', 'tiny-sd3' or 'tiny-flux' "
+                             "(random weights: mechanics only); a hub id such as "
+                             "CompVis/stable-diffusion-v1-4, "
                              "stabilityai/stable-diffusion-xl-base-1.0, "
-                             "PixArt-alpha/PixArt-XL-2-1024-MS or "
-                             "stabilityai/stable-diffusion-3.5-medium; or a local diffusers "
+                             "PixArt-alpha/PixArt-XL-2-1024-MS, "
+                             "stabilityai/stable-diffusion-3.5-medium or "
+                             "black-forest-labs/FLUX.1-dev; or a local diffusers "
                              f"folder (default: {default_model})")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

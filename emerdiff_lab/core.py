@@ -137,8 +137,9 @@ class EmerDiffModel:
     def native_image_size(self) -> int:
         """The image side the model was trained at: 512 for SD 1.x, 768 for SD 2.x-768,
         1024 for SDXL and PixArt-XL-2-1024, 256 for the tiny model, 64 for ToyWorld and
-        tiny-pixart."""
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        tiny-pixart, 1024 for FLUX.1 (the architecture says: FLUX's config has no
+        ``sample_size``)."""
+        return self.architecture.native_image_size(self)
 
     @property
     def prediction_type(self) -> str:

@@ -98,14 +98,16 @@ def is_flow_scheduler(scheduler) -> bool:
     return type(scheduler).__name__.startswith("FlowMatch")
 
 
-def flow_schedule(scheduler, num_inference_steps: int, *, mu: float | None = None
-                  ) -> FlowSchedule:
+def flow_schedule(scheduler, num_inference_steps: int, *, mu: float | None = None,
+                  sigmas=None) -> FlowSchedule:
     """The :class:`FlowSchedule` of a ``FlowMatchEulerDiscreteScheduler`` for
     ``num_inference_steps`` (its ``set_timesteps`` on a copy; the scheduler is not changed).
 
     Args:
         mu: the dynamic shift (FLUX.1-dev: from the number of image tokens); required when the
             scheduler's config has ``use_dynamic_shifting``.
+        sigmas: the unshifted (num_inference_steps,) σ the scheduler shifts, as a pipeline
+            passes them (FLUX's: ``linspace(1, 1 / N, N)``); None: the scheduler's own spacing.
     """
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
             or num_inference_steps < 1:
@@ -118,10 +120,11 @@ def flow_schedule(scheduler, num_inference_steps: int, *, mu: float | None = Non
                          "(use_dynamic_shifting); pass mu (the model's architecture computes it "
                          "from the number of image tokens)")
     working = copy.deepcopy(scheduler)
+    extra = {} if sigmas is None else {"sigmas": list(sigmas)}
     if dynamic:
-        working.set_timesteps(num_inference_steps, mu=mu)
+        working.set_timesteps(num_inference_steps, mu=mu, **extra)
     else:
-        working.set_timesteps(num_inference_steps)
+        working.set_timesteps(num_inference_steps, **extra)
     sigmas = working.sigmas.detach().float().cpu()               # (S + 1,), ends at 0
     return FlowSchedule(timesteps=(sigmas[:-1] * config.num_train_timesteps).clone(),
                         sigmas=sigmas[:-1].clone(), next_sigmas=sigmas[1:].clone(),

@@ -120,8 +120,12 @@ def start_timestep(model: EmerDiffModel, cfg: EmerDiffConfig) -> int | float:
 
 def starting_at(model: EmerDiffModel, cfg: EmerDiffConfig, timestep) -> EmerDiffConfig:
     """``cfg`` whose modulation starts at ``timestep`` of its schedule (a DDPM timestep, or
-    1000 sigma of a flow step)."""
+    1000 sigma of a flow step); ``cfg`` itself where that is where it starts already (so that
+    on FLUX, whose schedule depends on the image size, t_m snaps once, on the image's
+    schedule, not twice)."""
     if isinstance(model.architecture.schedule(model, cfg.num_inference_steps), FlowSchedule):
+        if float(timestep) == float(start_timestep(model, cfg)):
+            return cfg
         return cfg.replace(modulation_sigma=float(timestep) / 1000.0)
     return cfg.replace(modulation_timestep=int(timestep))
 
@@ -212,7 +216,9 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
     pixels = model_pixels(image, image_size, model.native_image_size)
     check_image_size(model.unet, pixels.shape[-1], model.vae_scale_factor,
                      geometry=model.architecture.geometry(model))
-    full_schedule = model.architecture.schedule(model, cfg.num_inference_steps)
+    latent_size = tuple(side // model.vae_scale_factor for side in pixels.shape[-2:])
+    full_schedule = model.architecture.image_schedule(model, cfg.num_inference_steps,
+                                                      latent_size)
     timesteps = full_schedule.timesteps.clone()
     start = model.architecture.modulation_timestep(model, full_schedule, cfg)
     x0 = model.encode(pixels[None])[0] if latent is None else latent.to(model.device).float()

@@ -11,7 +11,8 @@ Layers are found by structure, not by hard-coded indices. Two denoiser structure
 - a stack of transformer blocks on a patch grid (``transformer_blocks`` and a ``patch_size`` in
   the config, as diffusion transformers have): every block works on the same grid, one token per
   ``patch_size`` x ``patch_size`` latent cells; the default layer is the cross-attention of the
-  middle block.
+  middle block. FLUX.1 (:class:`FluxGeometry`) adds ``single_transformer_blocks`` and packs
+  2x2 latent cells into a token outside the transformer.
 
 :func:`geometry_of` picks the structure of a denoiser; the module-level functions
 (:func:`resolve_layers`, :func:`find_semantic_block`, :func:`check_image_size`,
@@ -201,6 +202,90 @@ class JointPatchGeometry(PatchGeometry):
                              f"image")
 
 
+class FluxGeometry(PatchGeometry):
+    """Layer geometry of FLUX.1 (``FluxTransformer2DModel``): double-stream blocks
+    (``transformer_blocks``, text and image kept apart and joined inside attention) followed by
+    single-stream blocks (``single_transformer_blocks``, [text, image] joined before attention),
+    all on one token grid.
+
+    The config's ``patch_size`` is 1 because the packing happens outside the transformer: 2x2
+    latent cells become one 64-channel token (the pipeline's ``_pack_latents``), so one token
+    covers 2 x patch_size latent cells per side (32x32 tokens at 512 px, 64x64 at 1024 px). RoPE
+    has no table, so no image-size limit beyond even latent sides.
+
+    Args:
+        denoiser: the transformer (may live on the meta device).
+        text_tokens: T5 tokens joined to the image tokens (512 for FLUX.1-dev), for the
+            activation estimate only.
+    """
+
+    def __init__(self, denoiser: torch.nn.Module, text_tokens: int = 512):
+        if getattr(denoiser, "single_transformer_blocks", None) is None:
+            raise ValueError(f"expected a FluxTransformer2DModel with single_transformer_blocks, "
+                             f"got {type(denoiser).__name__}")
+        super().__init__(denoiser)
+        blocks = denoiser.transformer_blocks
+        if len(blocks) and not is_flux_attention(blocks[0].attn):
+            raise ValueError("this diffusers drives FLUX with its generic Attention class; "
+                             "EmerDiff's FLUX support needs a diffusers with FluxAttention "
+                             "(developed on 0.42.1)")
+        self.text_tokens = text_tokens
+
+    @property
+    def stride(self) -> int:
+        """Latent cells per token along one side: 2 (the 2x2 packing) x the patch size."""
+        return 2 * int(self.denoiser.config.patch_size)
+
+    def semantic_block(self) -> SemanticBlock:
+        """Every double-stream block's attention, then every single-stream block's."""
+        stacks = ("transformer_blocks", "single_transformer_blocks")
+        names = [f"{stack}.{i}.attn" for stack in stacks
+                 for i in range(len(getattr(self.denoiser, stack)))]
+        return SemanticBlock("transformer_blocks, single_transformer_blocks", tuple(names),
+                             self.stride, tuple((name,) for name in names))
+
+    def default_layers(self) -> tuple[str, str]:
+        """The attention of double-stream block ``num_layers // 2`` for both (our choice: it has
+        ``to_out`` and the gate ``gate_msa`` as SD3's blocks; docs/architectures.md)."""
+        chosen = f"transformer_blocks.{len(self.denoiser.transformer_blocks) // 2}.attn"
+        return chosen, chosen
+
+    def layer_downsample(self, name: str) -> int:
+        if not name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
+            raise ValueError(f"cannot place layer {name!r} in the transformer; expected a path "
+                             f"under transformer_blocks or single_transformer_blocks")
+        return self.stride
+
+    def activation_bytes(self, latent_h: int, latent_w: int, bytes_per_value: int) -> int:
+        """As :meth:`PatchGeometry.activation_bytes`, over the joined text and image tokens."""
+        config = self.denoiser.config
+        tokens = (latent_h // self.stride) * (latent_w // self.stride) + self.text_tokens
+        inner = config.num_attention_heads * config.attention_head_dim
+        return bytes_per_value * tokens * (64 * inner + 2 * config.num_attention_heads * tokens)
+
+    def check_latent_size(self, latent_h: int, latent_w: int) -> None:
+        """ValueError unless both latent sides split into whole 2x2 packs."""
+        if latent_h % self.stride or latent_w % self.stride:
+            raise ValueError(f"latents of {latent_h}x{latent_w} cells do not pack into "
+                             f"{self.stride}x{self.stride} tokens; use an image side that is a "
+                             f"multiple of {8 * self.stride} px")
+
+
+def is_flux_attention(module) -> bool:
+    """A FLUX.1 attention (diffusers' ``FluxAttention``: double- or single-stream)."""
+    try:
+        from diffusers.models.transformers.transformer_flux import FluxAttention
+    except ImportError:  # a diffusers before FluxAttention
+        return False
+    return isinstance(module, FluxAttention)
+
+
+def is_single_stream_attention(module) -> bool:
+    """FLUX's single-stream attention: text and image joined before it (no added projections,
+    no ``to_out``: its output goes to the block's ``proj_out`` with the MLP branch)."""
+    return is_flux_attention(module) and module.added_kv_proj_dim is None
+
+
 def is_joint_attention(module) -> bool:
     """A diffusers ``Attention`` with added key/value projections (text tokens joined to the
     image tokens, as in SD3's ``JointTransformerBlock``)."""
@@ -223,6 +308,8 @@ def geometry_of(denoiser: torch.nn.Module):
     """
     if getattr(denoiser, "up_blocks", None) is not None:
         return UNetGeometry(denoiser)
+    if getattr(denoiser, "single_transformer_blocks", None) is not None:
+        return FluxGeometry(denoiser)
     blocks = getattr(denoiser, "transformer_blocks", None)
     if blocks is not None:
         joint = any(is_joint_attention(getattr(block, "attn", None)) for block in blocks)
@@ -318,8 +405,9 @@ def validate_layer(unet: torch.nn.Module, name: str, *, argument: str) -> None:
     from diffusers.models.attention_processor import Attention
 
     module = dict(unet.named_modules()).get(name)
-    if not isinstance(module, Attention) or not (module.is_cross_attention
-                                                 or is_joint_attention(module)):
+    if not is_flux_attention(module) and (
+            not isinstance(module, Attention)
+            or not (module.is_cross_attention or is_joint_attention(module))):
         block = find_semantic_block(unet)
         raise ValueError(f"{argument}={name!r} is not a cross-attention layer of this model; "
                          f"expected a module path such as {block.cross_attention_layers[0]!r} "

@@ -2,7 +2,7 @@
 
 One code path for every source: a named offline model (``"tiny"``, ``"tiny-sdxl"``,
 ``"tiny-pixart"``, ``"toyworld"``, ...), a Hugging Face hub id, a local diffusers folder, or a
-pipeline the user already holds (SD 1.x/2.x, SDXL or PixArt-α/Σ;
+pipeline the user already holds (SD 1.x/2.x, SDXL, PixArt-α/Σ, SD3/3.5 or FLUX.1;
 :mod:`emerdiff_lab.architectures`). The model object and the device, dtype and scheduler
 helpers live in :mod:`emerdiff_lab.core` and are re-exported here. Named models register
 themselves with :func:`emerdiff_lab.core.register_model`; this module imports their modules at
@@ -51,13 +51,15 @@ def load_model(
     seed: int = 0,
     hub_timeout: float = HUB_TIMEOUT,
     empty_prompt: str | None = None,
+    offload: str | None = None,
 ) -> EmerDiffModel:
     """Loads a Stable Diffusion (1.x, 2.x, XL) or PixArt (α, Σ) model (hub id or local diffusers
     folder) or a named offline model.
 
     Args:
         model_id: a named offline model (``"tiny"``: SD 1.x layout, ``"tiny-sdxl"``: SDXL
-            layout, ``"tiny-pixart"``: PixArt-α layout, all random weights; ``"toyworld"``,
+            layout, ``"tiny-pixart"``: PixArt-α layout, ``"tiny-sd3"``, ``"tiny-flux"``:
+            SD3.5 and FLUX.1-dev layouts, all random weights; ``"toyworld"``,
             ``"toyworld-latent"``, ``"toyworld-v2"`` (captioned): trained here),
             a hub id such as ``"CompVis/stable-diffusion-v1-4"``,
             ``"stabilityai/stable-diffusion-2-1-base"`` or
@@ -78,6 +80,11 @@ def load_model(
         empty_prompt: SDXL only: the condition of the empty prompt, ``"zeros"`` or
             ``"encoded"``; None follows the pipeline's ``force_zeros_for_empty_prompt`` (zeros
             for SDXL base). See :class:`emerdiff_lab.architectures.StableDiffusionXL`.
+        offload: None (every component on ``device``), ``"model"`` (diffusers'
+            ``enable_model_cpu_offload``: each of transformer, text encoders and VAE moves to
+            ``device`` while it runs) or ``"sequential"`` (``enable_sequential_cpu_offload``:
+            weights stream layer by layer; slowest, least memory). For models larger than the
+            GPU, e.g. FLUX.1-dev (docs/architectures.md, the memory table).
 
     Raises:
         OSError: the weights cannot be had (no network, not cached, no such folder); the message
@@ -86,6 +93,8 @@ def load_model(
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
+    if offload not in (None, "model", "sequential"):
+        raise ValueError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
     if not isinstance(model_id, (str, Path)) or not str(model_id):
         raise ValueError(f"model_id must be 'tiny', a hub id or a folder path, got {model_id!r}")
     model_id = str(model_id)
@@ -124,7 +133,10 @@ def load_model(
     if unreachable is not None:
         warnings.warn(f"{unreachable}; loaded {model_id!r} from the local cache", UserWarning,
                       stacklevel=2)
-    pipe.to(device)
+    if offload is None:
+        pipe.to(device)
+    else:  # accelerate's hooks move each component to the device while it runs
+        getattr(pipe, f"enable_{offload}_cpu_offload")(device=device)
     return from_pipeline(pipe, model_id=model_id, revision=revision, empty_prompt=empty_prompt)
 
 
@@ -268,7 +280,7 @@ def from_pipeline(pipe, *, model_id: str | None = None, revision: str | None = N
 # imported; importing them here (after everything above exists) makes load_model("tiny"),
 # ("tiny-sdxl"), ("tiny-pixart"), ("toyworld") and ("toyworld-latent") available once
 # emerdiff_lab is imported.
-from . import tiny, tiny_pixart, tiny_sd3, tiny_sdxl  # noqa: E402, F401
+from . import tiny, tiny_flux, tiny_pixart, tiny_sd3, tiny_sdxl  # noqa: E402, F401
 from .toyworld import latent_model as _toyworld_latent, model as _toyworld  # noqa: E402, F401
 from .toyworld import captioned_model as _toyworld_v2  # noqa: E402, F401 - "toyworld-v2"
 

@@ -28,7 +28,7 @@ from .features import layer_names
 from .inversion import (Inversion, ddpm_step, inversion_schedule, modulation_timestep,
                         reconstruct, unet_predict)
 from .core import EmerDiffModel
-from .layers import is_joint_attention
+from .layers import is_joint_attention, is_single_stream_attention
 from .processors import (INJECT_FROM_FIRST, INJECT_NONE, INJECT_RECORD, INJECT_REPLAY,
                          AttentionControl, installed_processors)
 
@@ -143,9 +143,9 @@ def reference_pass_nbytes(model: EmerDiffModel, inversion: Inversion,
         attn = model.unet.get_submodule(name)
         stride = geometry.layer_downsample(name)
         queries = (latent_h // stride) * (latent_w // stride)
-        if is_joint_attention(attn):  # [image, text] attend to [image, text]
-            queries += prompt_tokens
-        keys = prompt_tokens if attn.is_cross_attention else queries
+        if is_joint_attention(attn) or is_single_stream_attention(attn):
+            queries += prompt_tokens  # image and text tokens attend to image and text tokens
+        keys = prompt_tokens if getattr(attn, "is_cross_attention", False) else queries
         values += attn.heads * queries * keys
     return values * steps * (torch.finfo(model.dtype).bits // 8)
 

@@ -171,7 +171,8 @@ def _apply_probs_to_every_element(attn, probs, value):
 def installed_processors(unet: torch.nn.Module, layers: list[str] | None,
                          control: AttentionControl):
     """Installs :class:`EmerDiffAttnProcessor` on ``layers`` (None: every attention layer), or
-    :class:`~emerdiff_lab.joint_processors.EmerDiffJointAttnProcessor` on joint attention.
+    :class:`~emerdiff_lab.joint_processors.EmerDiffJointAttnProcessor` on joint attention
+    (:class:`~emerdiff_lab.flux_processors.EmerDiffFluxAttnProcessor` on FLUX's).
 
     The UNet's own processors (including attention slicing or any custom ones) are restored when
     the block exits, also after an exception. Yields ``control``.
@@ -183,8 +184,9 @@ def installed_processors(unet: torch.nn.Module, layers: list[str] | None,
     if unknown:
         raise ValueError(f"unknown attention layer(s) {sorted(unknown)}; this UNet's attention "
                          f"layers are e.g. {names[:3]}")
+    from .flux_processors import EmerDiffFluxAttnProcessor
     from .joint_processors import EmerDiffJointAttnProcessor
-    from .layers import is_joint_attention
+    from .layers import is_flux_attention, is_joint_attention
 
     # Installed module by module (diffusers' set_attn_processor refuses a partial dict), only
     # where chosen. Joint text-image attention gets the joint processor, and so does an
@@ -196,6 +198,8 @@ def installed_processors(unet: torch.nn.Module, layers: list[str] | None,
         for name, module in modules.items():
             joint = is_joint_attention(module) or "Joint" in type(saved[name]).__name__
             kind = EmerDiffJointAttnProcessor if joint else EmerDiffAttnProcessor
+            if is_flux_attention(module):  # FLUX's own attention class, both block kinds
+                kind = EmerDiffFluxAttnProcessor
             module.set_processor(kind(name, control))
         yield control
     finally:

@@ -278,7 +278,7 @@ class Session:
                              f"vectors)")
             describe_time = getattr(self.model.architecture, "modulation_time", None)
             if describe_time is not None:  # a flow model: where t_m landed on its schedule
-                notes.append(describe_time(self.model, r).describe())
+                notes.append(describe_time(self.model, r, self.image_size).describe())
             if self.model.random_weights:
                 notes.append(f"model {self.model.model_id!r} has random weights: the result "
                              f"shows the method's mechanics, not semantics")

@@ -9,6 +9,8 @@ One module per family, each a subclass of :class:`~emerdiff_lab.architectures.ba
   attention mask, learned variance, linear betas.
 - :class:`StableDiffusion3` (``sd3``): SD3 / SD3.5, a flow-matching MM-DiT with joint text-image
   attention, three text encoders and a pooled projection.
+- :class:`Flux` (``flux``): FLUX.1 dev / schnell, a flow-matching transformer with double- and
+  single-stream blocks, CLIP-pooled + T5 conditioning, packed 2x2 latents, embedded guidance.
 
 The engine calls the methods and names no family; docs/architectures.md says what is verified
 for each. Detection tries the families in :data:`ARCHITECTURES` order (specific first).
@@ -17,6 +19,7 @@ for each. Detection tries the families in :data:`ARCHITECTURES` order (specific 
 from __future__ import annotations
 
 from ..core import register_architecture
+from .flux import DEV_T5_TOKENS, SCHNELL_T5_TOKENS, Flux, is_flux_transformer
 from .base import (EMPTY_PROMPT_MODES, Architecture, Condition, as_condition,  # noqa: F401
                    latent_statistics, token_ids, upcast_vae_dtype)
 from .pixart import PixArt, is_pixart_transformer
@@ -28,7 +31,14 @@ from .sdxl import StableDiffusionXL
 def for_pipeline(pipe, empty_prompt: str | None = None):
     """The architecture of a diffusers pipeline (by its components), with SDXL's empty-prompt
     mode from ``empty_prompt`` or else the pipeline's ``force_zeros_for_empty_prompt``."""
-    if is_sd3_transformer(getattr(pipe, "transformer", None)):
+    transformer = getattr(pipe, "transformer", None)
+    if is_flux_transformer(transformer):
+        if empty_prompt not in (None, "encoded"):
+            raise ValueError(f"empty_prompt={empty_prompt!r} applies to SDXL only; FLUX's "
+                             f"pipeline uses the encoders' output for '' as the empty condition")
+        # schnell (no guidance embedding) was trained with 256 T5 tokens, dev with 512
+        return Flux(DEV_T5_TOKENS if transformer.config.guidance_embeds else SCHNELL_T5_TOKENS)
+    if is_sd3_transformer(transformer):
         if empty_prompt not in (None, "encoded"):
             raise ValueError(f"empty_prompt={empty_prompt!r} applies to SDXL only; SD3's "
                              f"pipeline uses the encoders' output for '' as the empty condition")
@@ -59,7 +69,7 @@ def by_pipeline_class(class_name: str, default=None):
     return default
 
 
-ARCHITECTURES = (StableDiffusion3(), StableDiffusionXL(), PixArt("alpha"), PixArt("sigma"),
+ARCHITECTURES = (Flux(), StableDiffusion3(), StableDiffusionXL(), PixArt("alpha"), PixArt("sigma"),
                  StableDiffusion())
 for _architecture in ARCHITECTURES:  # specific before general: detection takes the first match
     register_architecture(_architecture)

@@ -99,6 +99,18 @@ class Architecture:
         inversion and the modulation use."""
         raise NotImplementedError
 
+    def image_schedule(self, model: EmerDiffModel, num_inference_steps: int,
+                       latent_size: tuple[int, int]):
+        """The schedule of a run on latents of ``latent_size`` (h, w): :meth:`schedule` for
+        every family whose schedule does not depend on the image size (FLUX.1-dev's does: its
+        shift ``mu`` follows the number of image tokens)."""
+        return self.schedule(model, num_inference_steps)
+
+    def native_image_size(self, model: EmerDiffModel) -> int:
+        """The image side the model was trained at, in pixels: the denoiser's ``sample_size``
+        latent cells times the VAE factor."""
+        return int(model.unet.config.sample_size) * model.vae_scale_factor
+
     def modulation_timestep(self, model: EmerDiffModel, schedule, cfg: EmerDiffConfig):
         """The timestep of ``schedule`` (as its ``timesteps`` hold it) that modulated
         denoising starts from for ``cfg``; ValueError if ``cfg`` names none."""

@@ -94,9 +94,10 @@ class StableDiffusion3(Architecture):
         """1000 σ of the step t_m snaps to (see :meth:`modulation_time`)."""
         return modulation_time(schedule, cfg).timestep
 
-    def modulation_time(self, model: EmerDiffModel, cfg: EmerDiffConfig):
+    def modulation_time(self, model: EmerDiffModel, cfg: EmerDiffConfig,
+                        image_size: int | None = None):
         """Where t_m lands (:class:`~emerdiff_lab.flow_schedule.FlowTime`): the σ asked for,
-        the snapped σ and the steps left."""
+        the snapped σ and the steps left (at any ``image_size``: SD3's shift is fixed)."""
         return modulation_time(self.schedule(model, cfg.num_inference_steps), cfg)
 
     def feature_input(self, model: EmerDiffModel, x0: torch.Tensor, noise: torch.Tensor,
