@@ -70,8 +70,9 @@ def without_weights(kind: str) -> str:
 def local_folder(kind: str) -> str:
     """The clause on passing a local folder instead of a hub id."""
     about = kind_of(kind)
-    where = f"{about['option']} /path/to/folder" if on_command_line() else "its path"
-    return f"pass a folder written by {about['folder']} ({where})"
+    if on_command_line():
+        return f"pass a folder written by {about['folder']}: {about['option']} /path/to/folder"
+    return f"pass the path of a folder written by {about['folder']}"
 
 
 def offline_advice(model_id: str, problem: str, kind: str = "diffusion") -> str:

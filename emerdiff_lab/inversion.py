@@ -242,7 +242,7 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
                                   torch.zeros_like(noisy[i:i + 1]))[0]
         noise[i] = (latents[i + 1] - mean) / full_schedule.posterior_std(t)
     # the noise is made from every UNet prediction and every latent: one check covers them
-    check_finite(noise, "the inversion trajectory",
+    check_finite(noise, "the latents of the inversion trajectory",
                  overflow_cause(model.dtype, "the UNet (or the VAE encoder)"))
     return Inversion(timesteps=timesteps, latents=latents, noise=noise,
                      prompt_embeds=condition.embeds, image=pixels.cpu(),

@@ -98,8 +98,8 @@ def load_model(
 
     local_files_only, unreachable = _check_model_source(model_id, revision, token,
                                                         local_files_only, hub_timeout)
-    if local_files_only and not Path(model_id).expanduser().is_dir() and \
-            not advice.is_cached(model_id, revision=revision, cache_dir=cache_dir):
+    if (local_files_only or _offline_mode()) and not Path(model_id).expanduser().is_dir() \
+            and not advice.is_cached(model_id, revision=revision, cache_dir=cache_dir):
         # diffusers would say "does not appear to have a file named model_index.json.."
         raise OSError(advice.offline_advice(model_id, unreachable) if unreachable is not None
                       else advice.not_cached(model_id))
@@ -207,6 +207,12 @@ def hub_problem(repo_id: str, *, revision: str | None = None, token=None,
         return (f"the Hugging Face hub at {api.endpoint} could not be reached or did not answer "
                 f"within {timeout:g} s ({type(error).__name__}: {error})")
     return None
+
+
+def _offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
 
 
 def _looks_like_path(model_id: str) -> bool:

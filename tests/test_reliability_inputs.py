@@ -138,3 +138,16 @@ def test_loading_a_corrupt_result_names_the_file(tmp_path):
         handle.write(b"\xff" * 40)
     with pytest.raises(ValueError, match=r"z\.npz is corrupt"):
         edl.Segmentation.load(tmp_path / "z")
+
+
+def test_two_inputs_writing_one_file_are_detected_before_anything_is_written(tmp_path):
+    from emerdiff_lab.io import check_outputs, segment_outputs
+
+    inputs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in inputs:
+        path.write_bytes(b"")
+    out = tmp_path / "out"
+    check_outputs(inputs, [segment_outputs(out, "a"), segment_outputs(out, "b")])
+    with pytest.raises(ValueError, match=r"'.*a\.png' and '.*b\.png' would both write "
+                                         r"'.*X\.npz'; rename one of them"):
+        check_outputs(inputs, [segment_outputs(out, "x"), segment_outputs(out, "X")])
