@@ -212,9 +212,11 @@ def _add_segment(subparsers) -> None:
                     "(palette PNG, one colour per mask), STEM_overlay.png (labels blended over "
                     "the photo) and STEM.npz + STEM.json (arrays, config, provenance). STEM is "
                     "the file name without its suffix; inputs sharing one are told apart by "
-                    "their folders (a__x, b__x). A bad image is reported and skipped; the exit "
-                    "code is then 1.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to segment")
+                    "their folders (a__x, b__x). No output may replace an input file. A bad image "
+                    "is reported and skipped; the exit code is then 1.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files to segment, or folders of them (their image files; "
+                             "subfolders are not entered)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the square the model sees, a multiple of 64 for SD "
