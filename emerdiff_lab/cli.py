@@ -237,8 +237,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     from .segmentation import check_segment_settings
 
     images, failures = _expand_folders(args.images)  # failures: folders without images
-    inputs = len(images) + len(failures)
     images = _existing_unique_images(images)
+    inputs = len(images) + len(failures)
     check_args_before_work(args)
     stems, notes = unique_output_stems(images)
     prepare_output_dir(args.out)
@@ -246,6 +246,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     check_outputs(images, outputs)  # before the model loads, so that nothing is written
     for note in notes:
         print(f"emerdiff-lab: {note}", file=sys.stderr)
+    if not images:  # only folders without images: nothing to load a model for
+        return _report(failures, inputs)
     model = load_model_from_args(args)
     cfg = config_from_args(args, model.default_config)
     image_size = check_segment_settings(model, cfg, args.image_size)
@@ -265,13 +267,17 @@ def _run_segment(args: argparse.Namespace) -> int:
         _write_results(seg, photo, files)  # a write failure ends the run: see there
         for note in seg.notes:
             tqdm.write(f"{image_path}: {note}")
-    if failures:
-        print(f"emerdiff-lab: error: {len(failures)} of {inputs} image(s) failed:",
-              file=sys.stderr)
-        for failure in failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return _report(failures, inputs)
+
+
+def _report(failures: list[str], inputs: int) -> int:
+    """The exit code, after naming every failed input (``inputs``: how many were given)."""
+    if not failures:
+        return 0
+    print(f"emerdiff-lab: error: {len(failures)} of {inputs} image(s) failed:", file=sys.stderr)
+    for failure in failures:
+        print(f"  {failure}", file=sys.stderr)
+    return 1
 
 
 # What a folder among the IMAGE arguments is expanded to (the formats Pillow reads, in practice).
