@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def run(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedPro
 
 
 def start(*args: str, **env: str) -> subprocess.Popen:
-    """Starts ``emerdiff-lab ARGS`` (text pipes for stdout and stderr)."""
+    """Starts ``emerdiff-lab ARGS`` (text pipes for stdout and stderr) with SIGINT at its
+    default, as in a terminal: a test suite started in the background (``cmd &``, nohup)
+    ignores SIGINT, the child would inherit that, and Python then never sees a Ctrl-C."""
     return subprocess.Popen(command(*args), env=environment(**env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
