@@ -195,9 +195,9 @@ def check_segment_settings(model: EmerDiffModel, cfg: EmerDiffConfig,
     side = image_size // model.vae_scale_factor \
         // model.architecture.geometry(model).layer_downsample(feature_layer)
     if not 1 <= cfg.num_masks <= side * side:
-        raise ValueError(f"num_masks (K) must be in [1, {side * side}]: the {side}x{side} "
-                         f"feature grid at {image_size} px has {side * side} cells, got "
-                         f"{cfg.num_masks}")
+        raise ValueError(f"num_masks (k) must be an integer in [1, {side * side}] for a "
+                         f"{side}x{side} feature map (at {image_size} px), got "
+                         f"{cfg.num_masks!r}")  # kmeans_masks' words, said before any image
     return image_size
 
 

@@ -86,7 +86,7 @@ def test_settings_that_can_only_be_wrong_fail_once_before_any_image(tmp_path):
             (["--feature-layer", "up_blocks.9.nothing"],
              "feature_layer='up_blocks.9.nothing' is not a cross-attention layer of this model"),
             (["--num-masks", "1000"],
-             "num_masks (K) must be in [1, 4]: the 2x2 feature grid at 64 px has 4 cells, "
+             "num_masks (k) must be an integer in [1, 4] for a 2x2 feature map (at 64 px), "
              "got 1000")):
         done = console_script.run("segment", *images, "--out", tmp_path / "out", *SMALL,
                                   *options)
