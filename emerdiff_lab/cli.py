@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Read before parsing, so that a Ctrl-C while the heavy modules import is covered too.
     show_traceback = "--traceback" in argv
-    with one_line_warnings():
+    from .advice import command_line
+
+    with one_line_warnings(), command_line():  # error messages give command-line advice
         try:
             return _parse_and_run(argv)
         except KeyboardInterrupt:
@@ -212,9 +214,11 @@ def _add_segment(subparsers) -> None:
                     "(palette PNG, one colour per mask), STEM_overlay.png (labels blended over "
                     "the photo) and STEM.npz + STEM.json (arrays, config, provenance). STEM is "
                     "the file name without its suffix; inputs sharing one are told apart by "
-                    "their folders (a__x, b__x). A bad image is reported and skipped; the exit "
-                    "code is then 1.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to segment")
+                    "their folders (a__x, b__x). No output may replace an input file. A bad image "
+                    "is reported and skipped; the exit code is then 1.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files to segment, or folders of them (their image files; "
+                             "subfolders are not entered)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the square the model sees, a multiple of 64 for SD "
@@ -231,22 +235,27 @@ def _add_segment(subparsers) -> None:
 def _run_segment(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .io import prepare_output_dir, unique_output_stems
+    from .io import check_outputs, prepare_output_dir, segment_outputs, unique_output_stems
     from .segmentation import check_segment_settings
 
-    images = _existing_unique_images(args.images)
+    images, failures = _expand_folders(args.images)  # failures: folders without images
+    images = _existing_unique_images(images)
+    inputs = len(images) + len(failures)
     check_args_before_work(args)
     stems, notes = unique_output_stems(images)
     prepare_output_dir(args.out)
+    outputs = [segment_outputs(args.out, stem) for stem in stems]
+    check_outputs(images, outputs)  # before the model loads, so that nothing is written
     for note in notes:
         print(f"emerdiff-lab: {note}", file=sys.stderr)
+    if not images:  # only folders without images: nothing to load a model for
+        return _report(failures, inputs)
     model = load_model_from_args(args)
     cfg = config_from_args(args, model.default_config)
     image_size = check_segment_settings(model, cfg, args.image_size)
     _check_space_for_one_result(args.out, cfg, image_size)
-    failures = []
-    for image_path, stem in tqdm(list(zip(images, stems)), desc="segment", unit="image",
-                                 disable=args.quiet):
+    for image_path, files in tqdm(list(zip(images, outputs)), desc="segment", unit="image",
+                                  disable=args.quiet):
         try:
             photo, seg = _segment_one(model, image_path, cfg, args)
         except KeyboardInterrupt:
@@ -257,16 +266,42 @@ def _run_segment(args: argparse.Namespace) -> int:
             failures.append(f"{image_path}: {describe_error(error)}")
             tqdm.write(f"emerdiff-lab: skipped {failures[-1]}", file=sys.stderr)
             continue
-        _write_results(seg, photo, args.out / stem)  # a write failure ends the run: see there
+        _write_results(seg, photo, files)  # a write failure ends the run: see there
         for note in seg.notes:
             tqdm.write(f"{image_path}: {note}")
-    if failures:
-        print(f"emerdiff-lab: error: {len(failures)} of {len(images)} image(s) failed:",
-              file=sys.stderr)
-        for failure in failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return _report(failures, inputs)
+
+
+def _report(failures: list[str], inputs: int) -> int:
+    """The exit code, after naming every failed input (``inputs``: how many were given)."""
+    if not failures:
+        return 0
+    print(f"emerdiff-lab: error: {len(failures)} of {inputs} image(s) failed:", file=sys.stderr)
+    for failure in failures:
+        print(f"  {failure}", file=sys.stderr)
+    return 1
+
+
+# What a folder among the IMAGE arguments is expanded to (the formats Pillow reads, in practice).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _expand_folders(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The IMAGE arguments with each folder replaced by its image files (by suffix, sorted;
+    hidden files and subfolders are not entered), and one failure line per folder without any,
+    to be reported with the bad images at the end."""
+    files, failures = [], []
+    for path in paths:
+        if not Path(path).is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in Path(path).iterdir() if p.is_file()
+                       and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not found:
+            failures.append(f"{path}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+            print(f"emerdiff-lab: skipped {failures[-1]}", file=sys.stderr)
+        files += [str(p) for p in found]
+    return files, failures
 
 
 def _existing_unique_images(paths: list[str]) -> list[Path]:
@@ -304,19 +339,19 @@ def _segment_one(model, image_path: Path, cfg: EmerDiffConfig, args: argparse.Na
     return photo, seg
 
 
-def _write_results(seg, photo, stem: Path) -> None:
-    """STEM.npz, STEM.json, STEM_labels.png, STEM_overlay.png. A failure here (full or
-    read-only disk) would fail for every later image too, so it ends the run with an error
-    that names the file, instead of being skipped like a bad input."""
+def _write_results(seg, photo, files: dict[str, Path]) -> None:
+    """The files of :func:`emerdiff_lab.io.segment_outputs`. A failure here (full or read-only
+    disk) would fail for every later image too, so it ends the run with an error that names
+    the file, instead of being skipped like a bad input."""
     from .io import save_label_png, save_overlay_png
 
     try:
-        seg.save(stem)
-        save_label_png(seg.labels, stem.with_name(stem.name + "_labels.png"))
-        save_overlay_png(photo, seg.labels, stem.with_name(stem.name + "_overlay.png"))
+        seg.save(files["arrays"])  # the .npz name itself, so a stem ending in .npz stays whole
+        save_label_png(seg.labels, files["labels"])
+        save_overlay_png(photo, seg.labels, files["overlay"])
     except OSError as error:
-        raise OSError(f"cannot write the results for {stem.name!r} in "
-                      f"{str(stem.parent)!r}: {error}") from error
+        raise OSError(f"cannot write the results for {files['arrays'].stem!r} in "
+                      f"{str(files['arrays'].parent)!r}: {error}") from error
 
 
 if __name__ == "__main__":  # pragma: no cover

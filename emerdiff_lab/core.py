@@ -251,5 +251,10 @@ def ddpm_scheduler_from_config(scheduler_config) -> object:
 def moved(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """``module`` on ``device`` in ``dtype`` (in place, as ``Module.to``)."""
     module = module.to(device)
-    # diffusers warns on every dtype cast, even a no-op one: cast only when it changes something.
-    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+    if next(module.parameters()).dtype == dtype:
+        return module
+    if getattr(module, "_keep_in_fp32_modules", None):
+        return module.to(dtype)  # diffusers' own cast, and its warning, which then applies
+    # diffusers' ModelMixin.to warns on every dtype cast ("There are modules in ... that should
+    # be kept in float32: []"), even with no such module; the plain torch cast is the same cast.
+    return torch.nn.Module.to(module, dtype)

@@ -9,6 +9,7 @@ import torch
 
 from .config import EmerDiffConfig
 from .core import EmerDiffModel
+from .finite import check_finite, overflow_cause
 from .images import model_pixels
 from .inversion import unet_predict
 from .layers import check_image_size, validate_layer
@@ -60,6 +61,8 @@ def extract_features(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = N
     with installed_processors(model.unet, [feature_layer], control):
         unet_predict(model, noisy, t, model.condition(cfg.prompt))
     query = control.captured[feature_layer][0].float()        # (tokens, C)
+    check_finite(query, f"the features at {feature_layer}",
+                 overflow_cause(model.dtype, "the UNet (or the VAE encoder)"))
     latent_h, latent_w = x0.shape[-2:]
     stride = model.architecture.geometry(model).layer_downsample(feature_layer)
     return query.reshape(latent_h // stride, latent_w // stride, -1)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .architectures import Condition
 from .config import EmerDiffConfig
 from .core import EmerDiffModel
+from .finite import check_finite, overflow_cause
 from .images import model_pixels
 from .layers import check_image_size
 from .flow_schedule import FlowSchedule
@@ -246,6 +247,9 @@ def invert(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
         mean = full_schedule.step(predictions[i:i + 1], t, noisy[i:i + 1],
                                   torch.zeros_like(noisy[i:i + 1]))[0]
         noise[i] = (latents[i + 1] - mean) / full_schedule.posterior_std(t)
+    # the noise is made from every UNet prediction and every latent: one check covers them
+    check_finite(noise, "the latents of the inversion trajectory",
+                 overflow_cause(model.dtype, "the UNet (or the VAE encoder)"))
     return Inversion(timesteps=timesteps, latents=latents, noise=noise,
                      prompt_embeds=condition.embeds, image=pixels.cpu(),
                      num_inference_steps=cfg.num_inference_steps, schedule=full_schedule,

@@ -1,16 +1,78 @@
-"""Writing segmentations as images (palette label PNGs, overlays on the photo) and choosing
-where results go: output names that cannot collide, output folders checked before any work."""
+"""Writing files and choosing where they go: the one atomic writer every file of the project
+goes through, segmentations as images (palette label PNGs, overlays on the photo), output names
+that cannot collide, output folders checked before any work."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+# Test hook (tests/test_reliability_writes.py): when set to a file path, the writer of a file
+# whose name ends with EMERDIFF_TEST_PAUSE_ON (default: any) writes that file's final path into
+# it, then waits, before renaming its temporary file, so that a test can send SIGINT at exactly
+# that point instead of racing a timer.
+PAUSE_HOOK = "EMERDIFF_TEST_PAUSE_BEFORE_WRITE"
+PAUSE_ON = "EMERDIFF_TEST_PAUSE_ON"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on a normal exit of the block it is synced
+    to disk and renamed to ``path`` (``os.replace``: atomic on POSIX and Windows), so a reader,
+    a kill or a full disk never leaves a partial file under the final name. On an exception
+    (Ctrl-C included) the temporary file is removed and ``path`` is left as it was.
+
+    Use it for writers that want a file name (``safetensors.torch.save_file``); others take
+    :func:`atomic_file`. Temporary names are ``.<name>.<pid>.<thread>.tmp`` (hidden, in the
+    same folder, so the rename never crosses file systems; ``evaluate`` removes leftovers).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        _pause_for_tests(path)
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the data reaches the disk before the name points to it
+        finally:
+            os.close(descriptor)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator:
+    """An open file object whose contents appear under ``path`` only once the block ends
+    without an exception (see :func:`atomic_path`). ``mode``: "wb" or "w" (text)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **open_kwargs) as handle:
+            yield handle
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def _pause_for_tests(path: Path) -> None:
+    signal_file = os.environ.get(PAUSE_HOOK)
+    if not signal_file or not path.name.endswith(os.environ.get(PAUSE_ON, "")):
+        return
+    Path(signal_file).write_text(str(path))
+    time.sleep(60)  # a test interrupts this; if none does, the write goes on
 
 
 def label_palette(num_colors: int = 256) -> np.ndarray:
@@ -43,9 +105,9 @@ def save_label_png(labels: torch.Tensor | np.ndarray, path: str | Path) -> Path:
                          f"range [{labels.min()}, {labels.max()}]")
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(label_palette().reshape(-1).tolist())
-    path = Path(path)
-    image.save(path)
-    return path
+    with atomic_file(path) as handle:
+        image.save(handle, format="PNG")
+    return Path(path)
 
 
 def overlay(photo, labels: torch.Tensor | np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -63,9 +125,9 @@ def save_overlay_png(photo, labels, path: str | Path, alpha: float = 0.5) -> Pat
     """Writes :func:`overlay` of ``labels`` on ``photo`` as an RGB PNG."""
     from PIL import Image
 
-    path = Path(path)
-    Image.fromarray(overlay(photo, labels, alpha)).save(path)
-    return path
+    with atomic_file(path) as handle:
+        Image.fromarray(overlay(photo, labels, alpha)).save(handle, format="PNG")
+    return Path(path)
 
 
 def unique_output_stems(paths: Sequence[str | Path]) -> tuple[list[str], list[str]]:
@@ -93,6 +155,44 @@ def unique_output_stems(paths: Sequence[str | Path]) -> tuple[list[str], list[st
     notes = [f"{str(path)!r} is written as {stem!r} (another input has the same name)"
              for path, stem in zip(paths, stems) if stem != path.stem]
     return stems, notes
+
+
+def segment_outputs(out: str | Path, stem: str) -> dict[str, Path]:
+    """The files ``emerdiff-lab segment`` writes for one input of output stem ``stem``:
+    ``{"arrays": STEM.npz, "record": STEM.json, "labels": STEM_labels.png,
+    "overlay": STEM_overlay.png}`` (the .npz and .json are :meth:`Segmentation.save`'s pair)."""
+    out = Path(out)
+    return {"arrays": out / f"{stem}.npz", "record": out / f"{stem}.json",
+            "labels": out / f"{stem}_labels.png", "overlay": out / f"{stem}_overlay.png"}
+
+
+def check_outputs(inputs: Sequence[str | Path], outputs: Sequence[dict[str, Path]]) -> None:
+    """Raises ValueError, before anything is written, if two inputs would write one file
+    (compared up to case, as macOS and Windows do) or an output would replace an input file
+    (the same file by device and inode, so links and case-insensitive names count too), which
+    would also read a result back as an input later in the run. ``outputs[i]``: the files of
+    ``inputs[i]`` (:func:`segment_outputs`)."""
+    writer: dict[str, Path] = {}
+    for source, files in zip(inputs, outputs):
+        for path in files.values():
+            other = writer.setdefault(str(path).casefold(), Path(source))
+            if other != Path(source):
+                raise ValueError(f"{str(other)!r} and {str(source)!r} would both write "
+                                 f"{str(path)!r}; rename one of them")
+    identities = {_identity(path): Path(path) for path in inputs}
+    for source, files in zip(inputs, outputs):
+        for kind, path in files.items():
+            replaced = identities.get(_identity(path)) if path.exists() else None
+            if replaced is not None:
+                raise ValueError(
+                    f"--out {str(path.parent)!r} would overwrite the input {str(replaced)!r} "
+                    f"with the {kind} of {str(source)!r}; choose another --out (nothing was "
+                    f"written)")
+
+
+def _identity(path: str | Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def _collisions(stems: list[str]) -> list[list[int]]:

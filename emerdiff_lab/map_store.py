@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io import atomic_file
 
 
 class MapStore:
@@ -42,7 +42,5 @@ class MapStore:
     @staticmethod
     def write(path: Path, lowres: torch.Tensor, maps: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # written under a temporary name and renamed: a killed run never leaves a truncated entry
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, lowres=lowres.cpu().numpy(), raw_maps=maps.cpu().numpy())
-        os.replace(tmp, path)
+        with atomic_file(path) as handle:  # a killed run never leaves a truncated entry
+            np.savez(handle, lowres=lowres.cpu().numpy(), raw_maps=maps.cpu().numpy())

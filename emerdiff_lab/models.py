@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import architectures
+from . import advice, architectures
 from .core import (  # noqa: F401 - re-exported: the public and test-facing names of this module
     EmerDiffModel,
     _check_device_available,
@@ -88,7 +88,8 @@ def load_model(
 
     Raises:
         OSError: the weights cannot be had (no network, not cached, no such folder); the message
-            names the model and points to ``load_model("tiny")`` for an offline run.
+            names the model and points to ``load_model("tiny")`` for an offline run
+            (``--model tiny`` on the command line: :mod:`emerdiff_lab.advice`).
         ValueError: a bad dtype, or a device this machine does not have.
     """
     device = resolve_device(device)
@@ -106,6 +107,11 @@ def load_model(
 
     local_files_only, unreachable = _check_model_source(model_id, revision, token,
                                                         local_files_only, hub_timeout)
+    if (local_files_only or _offline_mode()) and not Path(model_id).expanduser().is_dir() \
+            and not advice.is_cached(model_id, revision=revision, cache_dir=cache_dir):
+        # diffusers would say "does not appear to have a file named model_index.json.."
+        raise OSError(advice.offline_advice(model_id, unreachable) if unreachable is not None
+                      else advice.not_cached(model_id))
     class_name = None
     try:
         class_name = _pipeline_class_name(model_id, revision, token, cache_dir, local_files_only)
@@ -120,15 +126,15 @@ def load_model(
         )
     except Exception as error:  # hub, HTTP and file errors come in many types
         if unreachable is not None:
-            raise OSError(offline_advice(model_id, unreachable)) from error
+            raise OSError(advice.offline_advice(model_id, unreachable)) from error
         named_class = "" if class_name is None else \
             f" (its model_index.json names {class_name}; supported: " \
             f"{[a.pipeline_class for a in architectures.ARCHITECTURES]})"
         raise OSError(
             f"Could not load Stable Diffusion weights for {model_id!r}{named_class}: "
             f"{type(error).__name__}: {error}. The weights must be in the local Hugging Face "
-            f"cache, in a local diffusers folder, or downloadable. For an offline run without "
-            f"weights use emerdiff_lab.load_model('tiny') (random weights)."
+            f"cache, in a local diffusers folder, or downloadable. "
+            f"{advice.without_weights('diffusion')}"
         ) from error
     if unreachable is not None:
         warnings.warn(f"{unreachable}; loaded {model_id!r} from the local cache", UserWarning,
@@ -170,16 +176,15 @@ def _check_model_source(model_id: str, revision: str | None, token, local_files_
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(
                 f"model folder {model_id!r} has no model_index.json; expected a diffusers folder "
-                f"written by StableDiffusionPipeline.save_pretrained. For an offline run without "
-                f"weights use emerdiff_lab.load_model('tiny') (random weights).")
+                f"written by StableDiffusionPipeline.save_pretrained. "
+                f"{advice.without_weights('diffusion')}")
         return local_files_only, None
     if path.exists() or _looks_like_path(model_id):
         what = "is a file, not a folder" if path.exists() else "does not exist"
         raise FileNotFoundError(
             f"model path {model_id!r} {what}; expected a diffusers folder (holding "
             f"model_index.json, written by StableDiffusionPipeline.save_pretrained) or a hub id "
-            f"such as {DEFAULT_MODEL_ID!r}. For an offline run without weights use "
-            f"emerdiff_lab.load_model('tiny') (random weights).")
+            f"such as {DEFAULT_MODEL_ID!r}. {advice.without_weights('diffusion')}")
     if local_files_only:
         return True, None
     problem = hub_problem(model_id, revision=revision, token=token, timeout=timeout)
@@ -216,23 +221,16 @@ def hub_problem(repo_id: str, *, revision: str | None = None, token=None,
     return None
 
 
+def _offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def _looks_like_path(model_id: str) -> bool:
     """A hub id is ``name`` or ``org/name``; anything starting like a path, or with more parts,
     was meant as a folder."""
     return model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
-
-
-def offline_advice(model_id: str, problem: str, what: str = "Stable Diffusion weights") -> str:
-    """The message when the hub cannot be reached and the model is not in the local cache.
-
-    HF_HUB_OFFLINE=1 only helps once the weights are cached, so the advice says so."""
-    return (f"Could not load {what} for {model_id!r}: {problem}, and they "
-            f"are not in the local Hugging Face cache either. To work offline: download them "
-            f"once where the hub is reachable (they go to the cache), then set HF_HUB_OFFLINE=1 "
-            f"before starting Python (or pass --local-files-only / local_files_only=True); or "
-            f"pass the path of a folder written by StableDiffusionPipeline.save_pretrained. "
-            f"Behind a proxy, set HTTPS_PROXY. For an offline run without weights use "
-            f"emerdiff_lab.load_model('tiny') (random weights).")
 
 
 def _dtype_keyword() -> str:

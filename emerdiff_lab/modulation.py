@@ -28,6 +28,7 @@ from .features import layer_names
 from .inversion import (Inversion, ddpm_step, inversion_schedule, modulation_timestep,
                         reconstruct, unet_predict)
 from .core import EmerDiffModel
+from .finite import check_finite, overflow_cause, strength_cause
 from .layers import is_joint_attention, is_single_stream_attention
 from .processors import (INJECT_FROM_FIRST, INJECT_NONE, INJECT_RECORD, INJECT_REPLAY,
                          AttentionControl, installed_processors)
@@ -176,7 +177,11 @@ def perturb(model: EmerDiffModel, inversion: Inversion, region, cfg: EmerDiffCon
         latents, reference_latent = _modulated_latents(model, inversion, regions.repeat(2, 1, 1),
                                                        signs, cfg, path=path, progress=False,
                                                        need_reference=True)
-    plus, minus, image = model.decode(torch.cat([latents, reference_latent[None]])).cpu()
+    check_finite(latents, "the modulated latents",
+                 strength_cause(cfg.modulation_strength, model.dtype))
+    plus, minus, image = check_finite(model.decode(torch.cat([latents, reference_latent[None]])),
+                                      "the decoded images",
+                                      overflow_cause(model.dtype, "the VAE decoder")).cpu()
     return Perturbation(plus=plus, minus=minus, diff=rgb_distance(plus, minus),
                         reference=image, region=regions[0].cpu())
 
@@ -206,7 +211,10 @@ def pixel_change_maps(model: EmerDiffModel, inversion: Inversion, lowres_labels:
     signs = torch.tensor([1.0, -1.0]).repeat(num_masks)
     latents, _ = _modulated_latents(model, inversion, regions, signs, cfg, path=path,
                                     progress=progress)
-    return _decode_pair_distances(model, latents, cfg.decode_batch_size)
+    check_finite(latents, "the modulated latents",
+                 strength_cause(cfg.modulation_strength, model.dtype))
+    return check_finite(_decode_pair_distances(model, latents, cfg.decode_batch_size),
+                        "the difference maps", "a bug: finite images gave non-finite distances")
 
 
 def rgb_distance(plus: torch.Tensor, minus: torch.Tensor) -> torch.Tensor:
@@ -220,7 +228,8 @@ def _decode_pair_distances(model: EmerDiffModel, latents: torch.Tensor,
     pairs_per_chunk = max(1, (decode_batch_size or 8) // 2)
     maps = []
     for start in range(0, latents.shape[0], 2 * pairs_per_chunk):
-        images = model.decode(latents[start:start + 2 * pairs_per_chunk])
+        images = check_finite(model.decode(latents[start:start + 2 * pairs_per_chunk]),
+                              "the decoded images", overflow_cause(model.dtype, "the VAE decoder"))
         maps.append(rgb_distance(images[0::2], images[1::2]).cpu())
     return torch.cat(maps)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import colorize
+from .io import atomic_file, colorize
 
 RANDOM_WEIGHTS_TAG = "RANDOM WEIGHTS: mechanics only, no semantics"
 
@@ -70,9 +70,11 @@ def save_figure(fig, path: str | Path, model_or_result, *, table=None, dpi: int 
             raise ValueError(f"figure {path.name} comes from random weights but its title does "
                              f"not say so; call emerdiff_lab.plotting.suptitle(fig, title, model)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
     if table is not None:
-        table.to_csv(path.with_suffix(".csv"), index=False)
+        with atomic_file(path.with_suffix(".csv"), "w", newline="") as handle:
+            table.to_csv(handle, index=False)
     return path
 
 

@@ -5,7 +5,6 @@ sweep over settings keeps and asks again."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import zipfile
 import zlib
@@ -17,6 +16,7 @@ import torch
 
 from .config import EmerDiffConfig, check_blur_sigma
 from .images import check_model_size
+from .io import atomic_file, write_text
 from .layers import check_image_size
 from .models import EmerDiffModel
 
@@ -84,8 +84,9 @@ class Segmentation:
         the .npz path.
 
         ``path`` is the stem, dots included (``frame.001`` gives ``frame.001.npz``); a trailing
-        ``.npz`` or ``.json`` is dropped. Each file is written to a temporary name and renamed,
-        so a full disk or a kill never leaves a truncated result under the final name.
+        ``.npz`` or ``.json`` is dropped (so ``save("x.npz.npz")`` writes ``x.npz.npz``). Each
+        file goes through :func:`emerdiff_lab.io.atomic_file`, so a full disk or a kill never
+        leaves a truncated result under the final name.
         """
         npz, meta_path = result_paths(path)
         npz.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +94,9 @@ class Segmentation:
                 "image_size": self.image_size, "provenance": self.provenance,
                 "notes": list(self.notes)}
         arrays = {name: getattr(self, name).cpu().numpy() for name in _ARRAYS}
-        _write_atomic(npz, lambda handle: np.savez_compressed(handle, **arrays))
-        _write_atomic(meta_path, lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
+        with atomic_file(npz) as handle:
+            np.savez_compressed(handle, **arrays)
+        write_text(meta_path, json.dumps(meta, indent=2))
         return npz
 
     @classmethod
@@ -139,18 +141,6 @@ def result_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".npz"), path.with_name(path.name + ".json")
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Calls ``write(handle)`` on a temporary file beside ``path``, then renames it to ``path``;
-    the temporary file is removed if writing fails."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
             image_size: int | None = None, original_size: bool = True, path: str = "batched",
             progress: bool = True, features: torch.Tensor | None = None, inversion=None,
@@ -190,11 +180,24 @@ def segment(model: EmerDiffModel, image, cfg: EmerDiffConfig | None = None, *,
 def check_segment_settings(model: EmerDiffModel, cfg: EmerDiffConfig,
                            image_size: int | None) -> int:
     """The image side S that :func:`segment` will use (``image_size`` or the model's native
-    size), after checking, before any work, that S suits the model and ``cfg.blur_sigma``
-    suits S. Raises ValueError saying what is expected."""
+    size), after checking, before any work, every setting that is wrong for every image: S for
+    the model, ``cfg.blur_sigma`` for S, t_m on the schedule, both layer names, and K against
+    the feature grid (a batch then fails once, as a settings error, not once per image).
+    Raises ValueError saying what is expected."""
+    from .features import layer_names
+    from .inversion import start_timestep
+
     image_size = check_model_size(image_size or model.native_image_size, "image_size")
     check_image_size(model.unet, image_size, model.vae_scale_factor)
     check_blur_sigma(cfg.blur_sigma, image_size)
+    start_timestep(model, cfg)  # ValueError naming the valid t_m when it is off the schedule
+    feature_layer, _ = layer_names(model, cfg, image_size)  # ValueError for an unknown layer
+    side = image_size // model.vae_scale_factor \
+        // model.architecture.geometry(model).layer_downsample(feature_layer)
+    if not 1 <= cfg.num_masks <= side * side:
+        raise ValueError(f"num_masks (k) must be an integer in [1, {side * side}] for a "
+                         f"{side}x{side} feature map (at {image_size} px), got "
+                         f"{cfg.num_masks!r}")  # kmeans_masks' words, said before any image
     return image_size
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from emerdiff_lab.io import atomic_file
 from emerdiff_lab.toyworld.model import (
     SCHEDULER_CONFIG,
     build_text_encoder,
@@ -99,11 +100,10 @@ def main(argv=None) -> None:
         print(f"resumed from {checkpoint} at step {step} ({trained_seconds / 60:.1f} min)")
 
     def save() -> None:
-        torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "step": step,
-                    "trained_seconds": trained_seconds, "args": vars(args)},
-                   str(checkpoint) + ".tmp")
-        os.replace(str(checkpoint) + ".tmp", checkpoint)  # never leave a half-written checkpoint
+        with atomic_file(checkpoint) as handle:  # never a half-written checkpoint
+            torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(),
+                        "optimizer": optimizer.state_dict(), "step": step,
+                        "trained_seconds": trained_seconds, "args": vars(args)}, handle)
         save_file(state_dict_for_saving(ema, context), args.out / "toyworld.safetensors")
         (args.out / "run.json").write_text(json.dumps({
             "step": step, "batch_size": args.batch_size, "trained_minutes": trained_seconds / 60,

@@ -26,13 +26,13 @@ import copy
 import csv
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from emerdiff_lab.io import atomic_file
 from emerdiff_lab.toyworld.latent_model import (
     IMAGE_SIZE,
     SCHEDULER_CONFIG,
@@ -157,11 +157,10 @@ def train(args) -> None:
         return state_dict_for_saving(vae=vae, unet=ema, context=context, scaling_factor=scaling)
 
     def save() -> None:
-        torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "step": step,
-                    "trained_seconds": trained_seconds, "args": vars(args)},
-                   str(checkpoint) + ".tmp")
-        os.replace(str(checkpoint) + ".tmp", checkpoint)  # never a half-written checkpoint
+        with atomic_file(checkpoint) as handle:  # never a half-written checkpoint
+            torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(),
+                        "optimizer": optimizer.state_dict(), "step": step,
+                        "trained_seconds": trained_seconds, "args": vars(args)}, handle)
         save_file(weights(), args.out / "toyworld_latent.safetensors")
         (args.out / "run.json").write_text(json.dumps(
             {"step": step, "trained_minutes": trained_seconds / 60, "num_latents": len(latents),

@@ -22,13 +22,13 @@ import argparse
 import csv
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from emerdiff_lab.io import atomic_file
 from emerdiff_lab.toyworld.evaluation import VALIDATION_SEED_START
 from emerdiff_lab.toyworld.latent_model import IMAGE_SIZE, build_vae, state_dict_for_saving
 from emerdiff_lab.toyworld.scenes256 import PIXEL_NOISE, generate_batch
@@ -129,10 +129,9 @@ def main(argv=None) -> None:
         print(f"resumed at step {step} ({trained_seconds / 60:.1f} min)", flush=True)
 
     def save() -> None:
-        torch.save({"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "trained_seconds": trained_seconds, "args": vars(args)},
-                   str(checkpoint) + ".tmp")
-        os.replace(str(checkpoint) + ".tmp", checkpoint)  # never a half-written checkpoint
+        with atomic_file(checkpoint) as handle:  # never a half-written checkpoint
+            torch.save({"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "trained_seconds": trained_seconds, "args": vars(args)}, handle)
 
     budget = args.minutes * 60
     log_path = args.out / "loss.csv"

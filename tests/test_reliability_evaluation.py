@@ -230,3 +230,15 @@ def test_refusal_under_torchrun_stops_every_process(scenes, tmp_path):
     assert done.returncode != 0
     assert "other settings" in done.stderr and "num_masks: 7 there, 2 now" in done.stderr
     assert "main process stopped before any work" in done.stderr
+
+
+def test_a_record_without_a_description_is_recomputed_as_written_by_an_older_version(
+        scenes, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _run(scenes, out, monkeypatch)
+    record, _ = runner.read_record(out / "records" / "scene2.npz")
+    runner._save_atomic(out / "records" / "scene2.npz", record)  # no meta: an older version's
+    with pytest.warns(UserWarning, match=r"recomputing 1 record.*1 written by an older version"):
+        summary, calls = _run(scenes, out, monkeypatch)
+    assert calls == 1 and summary["recomputed"]["stale_reasons"] == {
+        "written by an older version": 1}

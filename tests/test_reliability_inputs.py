@@ -138,3 +138,35 @@ def test_loading_a_corrupt_result_names_the_file(tmp_path):
         handle.write(b"\xff" * 40)
     with pytest.raises(ValueError, match=r"z\.npz is corrupt"):
         edl.Segmentation.load(tmp_path / "z")
+
+
+def test_two_inputs_writing_one_file_are_detected_before_anything_is_written(tmp_path):
+    from emerdiff_lab.io import check_outputs, segment_outputs
+
+    inputs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in inputs:
+        path.write_bytes(b"")
+    out = tmp_path / "out"
+    check_outputs(inputs, [segment_outputs(out, "a"), segment_outputs(out, "b")])
+    with pytest.raises(ValueError, match=r"'.*a\.png' and '.*b\.png' would both write "
+                                         r"'.*X\.npz'; rename one of them"):
+        check_outputs(inputs, [segment_outputs(out, "x"), segment_outputs(out, "X")])
+
+
+def _png_rgb16(path, rgb):
+    """A 4x4 16-bit RGB PNG of one colour (Pillow cannot write one): chunks by hand."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + struct.pack(">3H", *rgb) * 4  # filter 0, then 4 big-endian RGB pixels
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, 2,
+                                                                       0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(row * 4)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16bit_rgb_png_is_read_correctly_scaled(tmp_path):
+    pixels = edl.load_image(_png_rgb16(tmp_path / "rgb16.png", (65535, 32896, 0)), size=64)
+    assert pixels.shape == (3, 64, 64)
+    assert torch.allclose(pixels[:, 32, 32], torch.tensor([1.0, 128 / 255, 0.0]), atol=1e-6)

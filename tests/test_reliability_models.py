@@ -154,3 +154,43 @@ def test_silent_hub_for_the_clip_model_times_out_too(online_hub, tmp_path, monke
     assert code == 1 and elapsed < 30  # transformers alone retried for minutes
     assert "Could not load the CLIP model for 'org/clip'" in err
     assert "did not answer within 1 s" in err and "HF_HUB_OFFLINE=1" in err
+    # advice for a CLIP model, on the command line (issue 20: it was Stable Diffusion's, in Python)
+    assert "CLIPModel.save_pretrained" in err and "--clip-model /path/to/folder" in err
+    assert "--local-files-only" in err and "leave out the open-vocab protocol" in err
+    assert "StableDiffusionPipeline" not in err and "load_model(" not in err
+    assert "local_files_only=True" not in err and err.count("\n") == 1
+
+
+def test_python_users_get_python_advice_and_an_uncached_id_a_clear_message(tmp_path,
+                                                                           monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(OSError) as caught:
+        edl.load_model("org/uncached", device="cpu")
+    message = str(caught.value)
+    assert message.startswith("Could not load Stable Diffusion weights for 'org/uncached': not "
+                              "in the local Hugging Face cache, and offline mode")
+    assert "does not appear to have a file named" not in message
+    assert "emerdiff_lab.load_model('tiny')" in message and "local_files_only=True" in message
+    assert "--model" not in message and "--local-files-only" not in message
+
+
+def test_half_precision_loads_print_nothing():
+    """diffusers' ModelMixin.to logged "There are modules in UNet2DConditionModel that should be
+    kept in float32: []" for every cast (its own handler prints it to stderr). A handler on the
+    diffusers logger sees every record, whatever diffusers' propagation and verbosity."""
+    import logging
+
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    library = logging.getLogger("diffusers")
+    library.addHandler(handler)
+    try:
+        for dtype in ("bfloat16", "float16"):
+            model = edl.load_model("tiny", device="cpu", dtype=dtype)
+            assert model.unet.dtype == model.vae.dtype == getattr(torch, dtype)
+    finally:
+        library.removeHandler(handler)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []

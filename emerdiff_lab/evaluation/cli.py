@@ -114,17 +114,25 @@ def _evaluate_in_state(args: argparse.Namespace, dataset, state) -> int:
 def _load_clip(dense_clip, args: argparse.Namespace):
     """``DenseCLIP.from_pretrained`` for --clip-model, after a hub look-up with a timeout: when
     the hub cannot be reached, only the local cache is tried (transformers alone retries for
-    minutes), and a failure says how to work offline."""
-    from ..models import hub_problem, offline_advice
+    minutes), and a failure says how to work offline, with advice for a CLIP model."""
+    from huggingface_hub import constants
+
+    from .. import advice
+    from ..models import hub_problem
 
     local_only, problem = args.local_files_only, None
-    if not local_only and not Path(args.clip_model).expanduser().is_dir():
+    is_folder = Path(args.clip_model).expanduser().is_dir()
+    if not local_only and not is_folder:
         problem = hub_problem(args.clip_model)
         local_only = problem is not None
+    if (local_only or constants.is_offline_mode()) and not is_folder and \
+            not advice.is_cached(args.clip_model, "clip"):
+        raise OSError(advice.offline_advice(args.clip_model, problem, "clip") if problem
+                      else advice.not_cached(args.clip_model, "clip"))
     try:
         return dense_clip.from_pretrained(args.clip_model, device=args.device,
                                           input_size=args.clip_size, local_files_only=local_only)
     except OSError as error:
         if problem is None:
             raise
-        raise OSError(offline_advice(args.clip_model, problem, "the CLIP model")) from error
+        raise OSError(advice.offline_advice(args.clip_model, problem, "clip")) from error

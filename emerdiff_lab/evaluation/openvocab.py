@@ -103,7 +103,10 @@ class DenseCLIP:
             tokenizer = CLIPTokenizer.from_pretrained(name_or_path, revision=revision,
                                                       local_files_only=local_files_only)
         except OSError as error:
-            raise OSError(f"cannot load the CLIP model {name_or_path!r} (--clip-model): "
+            from ..advice import on_command_line
+
+            option = " (--clip-model)" if on_command_line() else ""
+            raise OSError(f"cannot load the CLIP model {name_or_path!r}{option}: "
                           f"{error}. It must be in the local Hugging Face cache or a local "
                           f"folder when offline.") from error
         if device is not None:

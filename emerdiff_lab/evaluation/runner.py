@@ -37,6 +37,7 @@ import numpy as np
 
 from ..config import check_blur_sigma
 from ..images import check_model_size
+from ..io import atomic_file, write_text
 from . import protocols as P
 from .datasets import Sample, SegmentationDataset, label_to_model
 
@@ -99,22 +100,8 @@ def _save_atomic(path: Path, arrays: dict, meta: dict | None = None) -> None:
     # and a failed write (full disk) removes its temporary file.
     if meta is not None:
         arrays = {**arrays, "meta": np.array(json.dumps(meta, sort_keys=True))}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def _load(path: Path) -> dict:
@@ -371,7 +358,7 @@ def _check_run_file(out: Path, fingerprint: dict, open_vocab: bool) -> None:
     merged = dict(fingerprint)
     if not open_vocab and previous and (previous.get("open_vocab") or {}).get("clip_model"):
         merged["open_vocab"] = previous["open_vocab"]  # what an earlier open-vocab run used
-    _write_text_atomic(path, json.dumps(merged, indent=2))
+    write_text(path, json.dumps(merged, indent=2))
 
 
 def _prepare_out(out: Path, fingerprint: dict, samples: list[Sample], settings: dict,
@@ -535,7 +522,7 @@ def evaluate(model, dataset: SegmentationDataset, cfg, out: str | Path, *,
     summary["computed_this_run"] = len(written)
     summary["recomputed"] = {"stale": sum(plan.stale.values()), "stale_reasons": dict(plan.stale),
                              "corrupt": len(plan.corrupt), "corrupt_files": plan.corrupt}
-    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -580,7 +567,7 @@ def summarize(model, dataset, cfg, out: Path, samples: list[Sample], protocols, 
                "image_size": image_size, "config": cfg.to_dict(), "versions": versions,
                "label_policy": LABEL_POLICY, "open_vocab": fingerprint["open_vocab"],
                "metric_units": "fractions in [0, 1]; summary.md shows percent"}
-    _write_text_atomic(out / "summary.md", markdown_table(summary, protocols))
+    write_text(out / "summary.md", markdown_table(summary, protocols))
     return summary
 
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import write_text
 from .context import QUICK_IMAGE_SIZE, QUICK_MAX_MASKS, REPO_ROOT, SMOKE_IMAGES, SMOKE_MAX_MASKS
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -184,7 +185,7 @@ def select_notebooks(only=None) -> list[str]:
 def _write_timings(path: Path, runs: list[NotebookRun]) -> None:
     lines = ["notebook,seconds,status"]
     lines += [f"{r.name},{r.seconds:.1f},{'error' if r.error else 'ok'}" for r in runs]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 # ------------------------------------------------------------------------------- the subcommand

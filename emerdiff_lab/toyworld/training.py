@@ -14,11 +14,12 @@ import copy
 import csv
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
+
+from ..io import atomic_file, atomic_path, write_text
 
 __all__ = ["Run", "cosine_lr", "noised_batch"]
 
@@ -101,14 +102,14 @@ class Run:
         """Checkpoint (atomically: never a half-written one) and the loadable weight file."""
         from safetensors.torch import save_file
 
-        torch.save({"modules": {n: m.state_dict() for n, m in self.modules.items()},
-                    "ema": {n: m.state_dict() for n, m in self.ema.items()},
-                    "optimizer": self.optimizer.state_dict(), "step": self.step,
-                    "trained_seconds": self.trained_seconds}, str(self.checkpoint) + ".tmp")
-        os.replace(str(self.checkpoint) + ".tmp", self.checkpoint)
-        save_file(weights, str(self.out / "weights.safetensors.tmp"))
-        os.replace(self.out / "weights.safetensors.tmp", self.out / "weights.safetensors")
-        (self.out / "run.json").write_text(json.dumps(
+        with atomic_file(self.checkpoint) as handle:
+            torch.save({"modules": {n: m.state_dict() for n, m in self.modules.items()},
+                        "ema": {n: m.state_dict() for n, m in self.ema.items()},
+                        "optimizer": self.optimizer.state_dict(), "step": self.step,
+                        "trained_seconds": self.trained_seconds}, handle)
+        with atomic_path(self.out / "weights.safetensors") as tmp:
+            save_file(weights, str(tmp))
+        write_text(self.out / "run.json", json.dumps(
             {"step": self.step, "trained_minutes": self.trained_seconds / 60,
              **{k: str(v) for k, v in vars(self.args).items()}}, indent=1))
 
