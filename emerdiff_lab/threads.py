@@ -9,7 +9,8 @@ little when the machine is idle and saves the session when it is not, so that is
 
     threads = max(1, usable cores - 1)          # 1 on 2 cores, 3 on 4, 7 on 8
 
-``EMERDIFF_THREADS=N`` overrides it (e.g. ``EMERDIFF_THREADS=2 jupyter lab``). Only the
+``EMERDIFF_THREADS=N`` overrides it (e.g. ``EMERDIFF_THREADS=2 jupyter lab``); without it an
+explicit ``OMP_NUM_THREADS`` is honoured (``make figures`` runs its kernels with one). Only the
 intra-op count is set: ``torch.set_num_threads`` takes effect at once inside a running kernel,
 whereas ``OMP_WAIT_POLICY`` set after torch is loaded does nothing, and the inter-op pool is
 left alone. The count is per thread: a worker thread calls :func:`apply_interactive_threads`
@@ -33,7 +34,8 @@ def usable_cores() -> int:
 
 
 def interactive_threads(environ=None) -> int:
-    """The thread count of the policy: ``EMERDIFF_THREADS`` when set, else one core left free.
+    """The thread count of the policy: ``EMERDIFF_THREADS`` when set, else ``OMP_NUM_THREADS``
+    when set, else one core left free.
 
     Raises:
         ValueError: ``EMERDIFF_THREADS`` is set but not a positive whole number.
@@ -44,6 +46,9 @@ def interactive_threads(environ=None) -> int:
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"{ENV_VAR} must be a positive whole number, got {value!r}")
         return int(value)
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:
+        return int(omp)
     return max(1, usable_cores() - 1)
 
 
@@ -61,7 +66,8 @@ def apply_interactive_threads(announce: bool = True) -> int:
     torch.set_num_threads(threads)
     if announce and not _announced:
         _announced = True
-        source = f"{ENV_VAR}={os.environ[ENV_VAR].strip()}" if os.environ.get(ENV_VAR, "").strip() \
-            else f"{usable_cores()} usable cores, one left free"
+        source = next((f"{name}={os.environ[name].strip()}" for name in (ENV_VAR, "OMP_NUM_THREADS")
+                       if os.environ.get(name, "").strip()),
+                      f"{usable_cores()} usable cores, one left free")
         print(f"torch uses {threads} thread(s) ({source}; set {ENV_VAR} to change it)")
     return threads
