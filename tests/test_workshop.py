@@ -337,7 +337,7 @@ def _not_yet_messages(scene, failure_case):
         out.append(("4.1", ws.check_sweep_seeds(answer), []))
     scores = {(281, 10.0): 0.52, (481, 10.0): 0.56, (481, 2.0): 0.50, (681, 2.0): 0.51}
     for answer in ((481, 2), (281, 10), (681, 2), (500, 10), 481):
-        out.append(("4.2", ws.check_best_setting(answer, scores), ["(481, 10.0)", "0.560"]))
+        out.append(("4.2", ws.check_best_setting(answer, scores), ["0.560", "the best is"]))
     maps = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0))
     for answer in (maps.argmax(0), gaussian_blur(maps, 1.0).argmin(0),
                    gaussian_blur(maps, 1.0).argmax(1), gaussian_blur(maps, 1.0).amax(0),
@@ -348,7 +348,7 @@ def _not_yet_messages(scene, failure_case):
     for answer in (0.01, miou + 0.2, 1.5):
         out.append(("5.2", ws.check_miou(answer, pred, truth), [f"{miou:.3f}"]))
     for answer in ("sky", "sand", "house"):
-        out.append(("6.1", ws.check_worst_class(answer, pred, truth), ["fence"]))
+        out.append(("6.1", ws.check_worst_class(answer, pred, truth), ["fence's"]))
     for answer in (1, 3, 5, "two"):
         out.append(("6.2", ws.check_split_count(answer, pred, truth, "sky"), ["expected 2"]))
     return out
