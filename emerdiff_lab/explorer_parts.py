@@ -69,7 +69,7 @@ def cell_buttons(explorer):
     import ipywidgets as w
 
     h, wd = explorer.grid
-    size = max(10, min(15, 240 // max(h, wd)))
+    size = max(9, min(14, 224 // max(h, wd)))
     explorer._cell_colors = [["#{:02x}{:02x}{:02x}".format(*mask_colour(int(m))) for m in row]
                              for row in explorer.lowres.tolist()]
     buttons = []
@@ -120,16 +120,16 @@ def segment_panel(explorer):
 
 def layout(explorer):
     """Two columns: the controls and the picker on the left; on the right, tabs for the one
-    region's pictures and the whole segmentation. About 560 px tall."""
+    region's pictures and the whole segmentation. About 560 px tall and 900 px wide."""
     import ipywidgets as w
 
     e = explorer
     controls = w.VBox([e.mode, e.row, e.col, w.HBox([e.mask]), e.strength_slider, e.strength,
                        e.timestep, e.layer, e.placement, e.injection, e.overlay, e.scale,
                        w.HBox([e.segment_button, e.segment_progress])],
-                      layout=w.Layout(width="330px"))
+                      layout=w.Layout(width="300px"))
     picker = w.VBox([w.HTML("<b>click a cell</b> (colour: its k-means mask)"), e.cells,
-                     e.mask_swatches], layout=w.Layout(width="250px"))
+                     e.mask_swatches], layout=w.Layout(width="235px"))
     region = w.VBox([
         w.GridBox([titled(e.image_view, "image, grid, selection"),
                    titled(e.diff_view, "difference ||I- - I+||", "edl-diff-title"),

@@ -31,7 +31,7 @@ from . import explorer_parts as parts
 from .plotting import grid_image, heatmap_rgb, model_tag, png_bytes
 from .scales import SHARED_VMAX, colorbar_html, eye_note
 
-DISPLAY_SIZE = 180
+DISPLAY_SIZE = 170  # px per picture: two columns of two fit a 1366x768 screen
 # The explorer's default image: the first held-out *test* scene of ToyWorld (seed
 # HELDOUT_SEED_START + DEFAULT_SCENE); its sky, sand, tree, rock and thin fence make good regions.
 DEFAULT_SCENE = 0
@@ -253,7 +253,8 @@ class Explorer:
              else f"mask {self.mask.value}")
         if self.worker.background:
             self._mark_stale(True)
-            self.status.value = self._status_head() + f"<b>computing {where}…</b>"
+            after = " (after the running Segment)" if self.worker.busy("segment") else ""
+            self.status.value = self._status_head() + f"<b>computing {where}…</b>{after}"
         self.worker.submit(lambda: self._compute(region, options, where),
                            lambda result, error: self._draw(result, error, options),
                            lane="perturbation")

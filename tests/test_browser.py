@@ -146,9 +146,9 @@ def test_explorer_on_toyworld_busy_progress_scale_and_legend(chromium, jupyterla
                 ".some(e => e.innerText.includes('explorer.png'))", timeout=400_000)
             first_log = page.evaluate("() => window.edlLog.map(e => e.status)")
             explorer = page.locator(".edl-explorer")
-            explorer.scroll_into_view_if_needed()
+            explorer.evaluate("e => e.scrollIntoView({block: 'start'})")
             box = explorer.bounding_box()
-            overlay = page.locator(".edl-overlay label, .edl-overlay .widget-label-basic").first
+            overlay = page.locator(".edl-overlay .widget-label-basic")
             label_whole = overlay.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
             label_text = overlay.inner_text()
 
@@ -187,6 +187,7 @@ def test_explorer_on_toyworld_busy_progress_scale_and_legend(chromium, jupyterla
             seg_text = page.locator(".edl-seg-status").inner_text()
             legend = page.locator(".edl-class-legend").inner_text()
             segmented = page.locator("img.edl-seg-emerdiff")
+            explorer.evaluate("e => e.scrollIntoView({block: 'start'})")
             seg_box = segmented.bounding_box()
             segmented_png = segmented.screenshot()
             truth_png = page.locator("img.edl-seg-truth").screenshot()
