@@ -173,11 +173,11 @@ def build_controls(e) -> None:
                         style=wide, layout=w.Layout(width="170px"))
     e.mask_swatches = w.HTML(mask_swatches(e.num_masks, e.mask.value))
     e.strength = w.BoundedFloatText(value=float(cfg.modulation_strength), min=1e-3,
-                                    max=1e4, description="lambda", style=wide,
+                                    max=1e4, description="λ (exact)", style=wide,
                                     layout=w.Layout(width="170px"))
     e.strength_slider = w.SelectionSlider(
         options=LAMBDA_STEPS, value=nearest_step(cfg.modulation_strength),
-        description="lambda steps", style=wide, readout=False)
+        description="λ steps", style=wide, readout=False)
     e.timestep = w.SelectionSlider(options=e.timesteps, style=wide,
                                    value=int(cfg.modulation_timestep), description="t_m")
     e.layer = w.Dropdown(options=[(short_layer(n), n) for n in e.layers],
