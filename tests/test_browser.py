@@ -100,19 +100,29 @@ def _stop(server: subprocess.Popen) -> None:
         server.wait(timeout=10)
 
 
-# Records, in the page, every change of the explorer's status lines and of the difference map's
-# picture, in order, so that the test can tell what was shown *before* a new map arrived.
+# Records, in the page and in order, every change of the explorer's status lines (the text each
+# change put there), of the difference map's picture and stale mark and of the Segment button's
+# disabled state, so that the test can tell what was shown *before* a new map arrived however
+# slowly the browser renders.
 RECORDER = """() => {
   window.edlLog = [];
-  const text = (sel) => { const e = document.querySelector(sel); return e ? e.innerText : ''; };
-  const note = (what) => window.edlLog.push({what, status: text('.edl-status'),
-      seg: text('.edl-seg-status'),
-      stale: !!document.querySelector('img.edl-diff.edl-stale'),
-      disabled: !!(document.querySelector('.edl-segment') || {}).disabled,
-      src: (document.querySelector('img.edl-diff') || {}).src});
-  new MutationObserver(() => note('dom')).observe(document.body,
-      {subtree: true, childList: true, characterData: true, attributes: true,
-       attributeFilter: ['src', 'class', 'disabled']});
+  const push = (what, value) => window.edlLog.push({what, value});
+  new MutationObserver(records => { for (const m of records) {
+    const t = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+    if (!t) continue;
+    if (m.type === 'attributes') {
+      if (t.matches('img.edl-diff') && m.attributeName === 'src') push('src', t.src);
+      if (t.matches('img.edl-diff') && m.attributeName === 'class')
+        push('stale', t.classList.contains('edl-stale'));
+      if (t.closest('.edl-segment') && m.attributeName === 'disabled')
+        push('disabled', t.closest('.edl-segment').disabled);
+      continue;
+    }
+    const text = [...m.addedNodes].map(n => n.textContent).join('');
+    if (t.closest('.edl-status')) push('status', text);
+    if (t.closest('.edl-seg-status')) push('seg', text);
+  }}).observe(document.body, {subtree: true, childList: true, characterData: true,
+      attributes: true, attributeFilter: ['src', 'class', 'disabled']});
 }"""
 
 
@@ -144,7 +154,8 @@ def test_explorer_on_toyworld_busy_progress_scale_and_legend(chromium, jupyterla
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.jp-OutputArea-output')]"
                 ".some(e => e.innerText.includes('explorer.png'))", timeout=400_000)
-            first_log = page.evaluate("() => window.edlLog.map(e => e.status)")
+            first_log = page.evaluate(
+                "() => window.edlLog.filter(e => e.what === 'status').map(e => e.value)")
             explorer = page.locator(".edl-explorer")
             explorer.evaluate("e => e.scrollIntoView({block: 'start'})")
             box = explorer.bounding_box()
@@ -197,15 +208,22 @@ def test_explorer_on_toyworld_busy_progress_scale_and_legend(chromium, jupyterla
     assert box["height"] <= 700 and box["width"] <= 1366, f"the explorer is {box}"
     assert label_whole and "map over the image" in label_text
     assert "largest change" in colorbar and "shared scale" in colorbar
-    # Busy before new: some record shows "computing" (or the stale mark) with the old picture.
-    busy = [e for e in cell_log if e["src"] == src_before and
-            ("computing" in e["status"] or e["stale"])]
-    assert busy, "no busy indication before the new map"
+    # Busy before new: "computing" (or the dimmed picture) comes before the new map's picture.
+    first_src = next(i for i, e in enumerate(cell_log) if e["what"] == "src")
+    busy = [e for e in cell_log[:first_src] if (e["what"] == "status" and "computing" in
+                                                 e["value"]) or e == {"what": "stale",
+                                                                      "value": True}]
+    assert busy, f"no busy indication before the new map: {cell_log[:12]}"
     assert pixels_after != pixels_before, "the heat map looks the same after the slider moved"
     assert "region: 1 cell(s)" in status and "toyworld" in status
     assert "RANDOM WEIGHTS" not in status
-    progress = [e for e in segment_log if "denoising steps" in e["seg"]]
-    assert progress and all(e["disabled"] for e in progress), "Segment showed no progress"
+    # Segment: disabled, then its denoising steps counted, then enabled again with the result.
+    events = [(e["what"], e["value"]) for e in segment_log]
+    disabled_at = events.index(("disabled", True))
+    steps = [i for i, (what, value) in enumerate(events)
+             if what == "seg" and "denoising steps" in value]
+    enabled_at = max(i for i, e in enumerate(events) if e == ("disabled", False))
+    assert steps and disabled_at < steps[0] and steps[-1] < enabled_at, events[:20]
     assert "lambda=50," in seg_text and "EmerDiff" in seg_text and "naive" in seg_text
     assert "sky" in legend, f"no class legend: {legend!r}"
     assert seg_box["y"] + seg_box["height"] <= 768 + 1, "the Segment result is below the fold"
