@@ -22,6 +22,7 @@ computes every change before the call returns. The worker sets its own torch thr
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,13 @@ DISPLAY_SIZE = 170  # px per picture: two columns of two fit a 1366x768 screen
 # The explorer's default image: the first held-out *test* scene of ToyWorld (seed
 # HELDOUT_SEED_START + DEFAULT_SCENE); its sky, sand, tree, rock and thin fence make good regions.
 DEFAULT_SCENE = 0
+# One lock per model object: a model's attention processors are swapped while it modulates, so
+# two explorers on the same model (a re-run cell) must not compute at the same time.
+_MODEL_LOCKS: dict[int, threading.RLock] = {}
+
+
+def model_lock(model) -> threading.RLock:
+    return _MODEL_LOCKS.setdefault(id(model), threading.RLock())
 
 
 @dataclass(frozen=True)
@@ -268,18 +276,23 @@ class Explorer:
 
         self.session.on_progress = parts.Progress(show) if self.worker.background else None
         try:
-            if not self._prepared:
-                prepare_session(self.session)
-                self._prepared = True
-            cached = self.is_cached(region, **options)
-            start = time.perf_counter()
-            pert = self.perturbation(region, **options)
-            seconds = time.perf_counter() - start
-            segmented = self.segmentation(**options) if (
-                self.segment_panel.layout.display != "none"
-                and self.has_segmentation(**options)) else None
+            with model_lock(self.session.model):
+                return self._compute_locked(region, options)
         finally:
             self.session.on_progress = None
+
+    def _compute_locked(self, region, options):
+        """:meth:`_compute`'s work, under the model's lock."""
+        if not self._prepared:
+            prepare_session(self.session)
+            self._prepared = True
+        cached = self.is_cached(region, **options)
+        start = time.perf_counter()
+        pert = self.perturbation(region, **options)
+        seconds = time.perf_counter() - start
+        segmented = self.segmentation(**options) if (
+            self.segment_panel.layout.display != "none"
+            and self.has_segmentation(**options)) else None
         return region, pert, cached, seconds, segmented
 
     def _draw(self, result, error, options) -> None:
@@ -336,7 +349,8 @@ class Explorer:
         def job():
             self.session.on_progress = parts.Progress(show, self.segment_progress)
             try:
-                return self.segmentation(**options)
+                with model_lock(self.session.model):
+                    return self.segmentation(**options)
             finally:
                 self.session.on_progress = None
 

@@ -139,6 +139,8 @@ def test_status_and_snapshot_say_random_weights(explorer):
 
 def test_open_explorer_is_one_line(tiny_model):
     explorer = widgets.open_explorer(tiny_model, image_size=128, display=False)
+    assert explorer.wait(600)                   # its worker shares the model with later tests
+    assert "computed in" in explorer.status.value
     assert explorer.diff_view.value and explorer.session.pixels.shape == (3, 128, 128)
     assert explorer.session.truth.shape == (128, 128)      # the default scene's own labels
 
@@ -151,6 +153,7 @@ def test_open_explorer_defaults_to_toyworld_on_a_heldout_test_scene(tiny_model, 
                         lambda model_id, device=None: asked.append(model_id) or tiny_model)
     explorer = widgets.open_explorer(cfg=tiny_model.default_config.replace(num_masks=4),
                                      image_size=128, display=False)
+    assert explorer.wait(600)
     assert asked == ["toyworld"]
     image, labels = generate_scene(HELDOUT_SEED_START + widgets.DEFAULT_SCENE, 128)
     assert torch.equal(explorer.session.truth, torch.from_numpy(labels))
