@@ -61,15 +61,45 @@ XDIST_ARGS = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --d
 
 setup: $(VENV)/.installed
 
+# A line per step with the seconds since set-up began, and pip's own lines (what it downloads
+# and installs), so that the minutes of a first set-up never pass in silence.
+STEP = @echo "[setup $$(( $$(date +%s) - $$(cat $(VENV)/.started) )) s]
+# The clean filter that stores notebooks without outputs (nbstripout, keeping the cells' ids and
+# dropping the kernel's version details, so that a run-and-saved notebook cleans to exactly the
+# committed file). Installed into this clone's .git/config and .git/info/attributes only.
+NBSTRIP_KEYS = metadata.language_info.codemirror_mode metadata.language_info.file_extension \
+	metadata.language_info.mimetype metadata.language_info.nbconvert_exporter \
+	metadata.language_info.pygments_lexer metadata.language_info.version
+
 $(VENV)/.installed: pyproject.toml
+	@echo "[setup] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks,eval]"
+	@date +%s > $(VENV)/.started
+	$(STEP) installing $(TORCH_SPEC) (the largest download)"
+	$(BIN)/python -m pip install --progress-bar on "$(TORCH_SPEC)"
+	$(STEP) installing the package with its dev, notebooks and eval extras"
+	$(BIN)/python -m pip install --progress-bar on -e ".[dev,notebooks,eval]"
+	$(STEP) installing the notebook clean filter (nbstripout) into this clone's git config"
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+		git config filter.nbstripout.clean \
+			'"$(abspath $(BIN))/python" -m nbstripout --keep-id --extra-keys "$(NBSTRIP_KEYS)"'; \
+		git config filter.nbstripout.smudge cat; \
+		git config filter.nbstripout.required true; \
+		attributes="$$(git rev-parse --git-path info/attributes)"; \
+		mkdir -p "$$(dirname "$$attributes")"; \
+		grep -qs "filter=nbstripout" "$$attributes" || \
+			echo "*.ipynb filter=nbstripout" >> "$$attributes"; \
+	else echo "[setup] not a git clone: no clean filter installed"; fi
+	$(STEP) done"
 	touch $@
 
 demo: setup
-	$(BIN)/python -m emerdiff_lab.demo $(DEMO_IMAGES) --model $(DEMO_MODEL) --device $(DEVICE) \
-		--dtype $(DTYPE) $(SIZE_ARGS) --out figures/demo
+	@echo "[demo] segmenting with $(DEMO_MODEL) -> figures/demo (set-up took $$(( \
+		$$(stat -c %Y $(VENV)/.installed 2>/dev/null || date +%s) - \
+		$$(cat $(VENV)/.started 2>/dev/null || date +%s) )) s when it ran)"
+	@start=$$(date +%s); $(BIN)/python -m emerdiff_lab.demo $(DEMO_IMAGES) --model $(DEMO_MODEL) \
+		--device $(DEVICE) --dtype $(DTYPE) $(SIZE_ARGS) --out figures/demo \
+		&& echo "[demo] done in $$(( $$(date +%s) - start )) s"
 
 test: setup
 	$(BIN)/ruff check emerdiff_lab benchmarks scripts tests

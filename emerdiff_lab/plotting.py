@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_file, colorize
+from .colours import NO_CLASS_COLOUR, class_colours, mask_colours
+from .io import atomic_file
 
 RANDOM_WEIGHTS_TAG = "RANDOM WEIGHTS: mechanics only, no semantics"
 
@@ -144,7 +145,7 @@ def grid_image(image, grid_shape: tuple[int, int], region=None, lowres_labels=No
         image: (3, H, W) in [0, 1] (or anything :func:`to_numpy_image` takes).
         grid_shape: (h, w) of the feature grid (16x16 for SD at 512 px).
         region: optional (h, w) bool; its cells are tinted cyan and outlined.
-        lowres_labels: optional (h, w) k-means masks; tinted with the label palette.
+        lowres_labels: optional (h, w) k-means masks; tinted with the mask palette.
     """
     from PIL import Image
 
@@ -158,7 +159,7 @@ def grid_image(image, grid_shape: tuple[int, int], region=None, lowres_labels=No
     rows = (np.arange(height) * h // height)
     cols = (np.arange(width) * w // width)
     if lowres_labels is not None:
-        colors = colorize(_numpy(lowres_labels))[rows[:, None], cols[None, :]]
+        colors = mask_colours(lowres_labels)[rows[:, None], cols[None, :]]
         out = out * (1 - alpha) + colors * alpha
     if region is not None:
         inside = _numpy(region).astype(bool)[rows[:, None], cols[None, :]]
@@ -178,32 +179,14 @@ def _erode(mask: np.ndarray) -> np.ndarray:
             & padded[1:-1, :-2] & padded[1:-1, 2:])
 
 
-UNMATCHED_COLOUR = (0, 0, 0)  # tab10 has no black; its grey is a class colour
+UNMATCHED_COLOUR = NO_CLASS_COLOUR  # a mask the matching left over: no class colour is black
 
 
 def label_colours(labels, mapping=None) -> np.ndarray:
-    """(H, W) integer ids -> (H, W, 3) uint8, readable side by side with a ground truth.
-
-    Ids below 10 take matplotlib's ``tab10`` colours (distinct, none black), larger ids the VOC
-    palette. With ``mapping`` ((P,) cluster -> class, -1 unmatched: ``HungarianResult.mapping``)
-    each cluster is drawn in the colour of the class it was matched to, so that a prediction
-    and its ground truth (drawn without a mapping) share colours; unmatched clusters are black.
-    """
-    import matplotlib
-
-    ids = _numpy(labels).astype(np.int64)
-    if mapping is not None:
-        mapping = np.asarray(mapping, dtype=np.int64)
-        if ids.size and ids.max() >= len(mapping):
-            raise ValueError(f"labels go up to {ids.max()} but the mapping has {len(mapping)} "
-                             f"entries")
-        ids = mapping[ids]
-    tab10 = (np.asarray(matplotlib.colormaps["tab10"].colors) * 255).round().astype(np.uint8)
-    out = colorize(np.where(ids >= 0, ids, 0))
-    small = (ids >= 0) & (ids < 10)
-    out[small] = tab10[ids[small]]
-    out[ids < 0] = UNMATCHED_COLOUR
-    return out
+    """(H, W) class ids -> (H, W, 3) uint8 in the class palette; with ``mapping`` (cluster ->
+    class, -1 unmatched) cluster ids drawn in their matched class's colour, unmatched black
+    (:func:`emerdiff_lab.colours.class_colours`, which says which colour is which)."""
+    return class_colours(labels, mapping)
 
 
 def matched_mapping(pred, truth) -> np.ndarray:
@@ -238,9 +221,11 @@ def show_image(ax, image, title: str | None = None) -> None:
     _clean(ax, title)
 
 
-def show_labels(ax, labels, image=None, title: str | None = None, alpha: float = 0.55) -> None:
-    """Labels in the VOC palette, blended over ``image`` when given (same H, W)."""
-    colors = colorize(_numpy(labels)).astype(np.float32) / 255
+def show_labels(ax, labels, image=None, title: str | None = None, alpha: float = 0.55, *,
+                classes: bool = False) -> None:
+    """Mask ids in the mask palette (``classes``: class ids in the class palette), blended over
+    ``image`` when given (same H, W); :mod:`emerdiff_lab.colours` keeps the two apart."""
+    colors = (class_colours(labels) if classes else mask_colours(labels)).astype(np.float32) / 255
     if image is not None:
         colors = to_numpy_image(image) * (1 - alpha) + colors * alpha
     ax.imshow(colors, interpolation="nearest")
@@ -284,8 +269,12 @@ def _clean(ax, title) -> None:
 
 
 # -------------------------------------------------------------------------------- whole figures
-def plot_perturbations(image, perturbations, *, model, title: str = "Perturbing one sub-region"):
-    """Figure 3: one row per region: image with the region outlined, I+, I-, |I- - I+|.
+def plot_perturbations(image, perturbations, *, model, title: str = "Perturbing one sub-region",
+                       amplify: bool = False):
+    """Figure 3: one row per region: image with the region outlined, I+, I-, |I- - I+| (every
+    row on one shared scale with a colour bar, each titled with its own largest change), and
+    with ``amplify`` a fifth panel, I- - I+ amplified (:func:`emerdiff_lab.scales.amplified`),
+    for changes too small to see.
 
     Args:
         image: (3, S, S) the image the model saw.
@@ -294,17 +283,24 @@ def plot_perturbations(image, perturbations, *, model, title: str = "Perturbing 
     """
     import matplotlib.pyplot as plt
 
+    from .scales import amplified, shared_vmax
+
     size = to_numpy_image(image).shape[0]
-    rows = len(perturbations)
-    fig, axes = plt.subplots(rows, 4, figsize=(10, 2.6 * rows + 0.6), squeeze=False)
+    rows, cols = len(perturbations), 5 if amplify else 4
+    vmax = shared_vmax(*[p.diff for p in perturbations])
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.6 * rows + 0.6), squeeze=False)
     for row, pert in zip(axes, perturbations):
         show_image(row[0], image, "region (cyan)")
         draw_grid(row[0], tuple(pert.region.shape), size)
         outline_region(row[0], pert.region, size)
         show_image(row[1], pert.plus, "I+ (offset +lambda)")
         show_image(row[2], pert.minus, "I- (offset -lambda)")
-        show_heatmap(row[3], pert.diff, f"||I- - I+||, max {float(pert.diff.max()):.3f}",
-                     colorbar=True)
+        handle = show_heatmap(row[3], pert.diff, f"||I- - I+||, max {float(pert.diff.max()):.4f}",
+                              colorbar=True)
+        handle.set_clim(0, vmax)
+        if amplify:
+            picture, gain = amplified(pert.plus, pert.minus)
+            show_image(row[4], picture, f"I- - I+, x{gain:.0f} (grey: 0)")
     suptitle(fig, title, model)
     fig.tight_layout()
     return fig

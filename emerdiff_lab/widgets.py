@@ -10,30 +10,39 @@ Two layers, so that the logic can be tested without a browser:
 - :class:`Explorer` is the ipywidgets app on top of it: it turns its controls into configs
   (:meth:`Explorer.setting`) and asks the session. ``open_explorer()`` builds and shows one in a
   single line: by default the trained ToyWorld model on a held-out test scene.
+
+Responsiveness (``background=True``, what ``open_explorer`` uses): the session is asked on one
+worker thread (:class:`emerdiff_lab.worker.LatestWorker`), so the kernel keeps reading clicks;
+a new request replaces the one waiting, only the newest result is drawn, and until it is the
+pictures of the old one are dimmed and the status line says "computing..." with the denoising
+steps done. ``background=False`` (the default of :class:`Explorer`, for tests and scripts)
+computes every change before the call returns. The worker sets its own torch thread count
+(:mod:`emerdiff_lab.threads`: one core left free).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from .plotting import (
-    grid_image,
-    heatmap_rgb,
-    label_colours,
-    matched_mapping,
-    model_tag,
-    png_bytes,
-    to_numpy_image,
-)
+from . import explorer_parts as parts
+from .plotting import grid_image, heatmap_rgb, model_tag, png_bytes
+from .scales import SHARED_VMAX, colorbar_html, eye_note
 
-DISPLAY_SIZE = 256
+DISPLAY_SIZE = 170  # px per picture: two columns of two fit a 1366x768 screen
 # The explorer's default image: the first held-out *test* scene of ToyWorld (seed
 # HELDOUT_SEED_START + DEFAULT_SCENE); its sky, sand, tree, rock and thin fence make good regions.
 DEFAULT_SCENE = 0
+# One lock per model object: a model's attention processors are swapped while it modulates, so
+# two explorers on the same model (a re-run cell) must not compute at the same time.
+_MODEL_LOCKS: dict[int, threading.RLock] = {}
+
+
+def model_lock(model) -> threading.RLock:
+    return _MODEL_LOCKS.setdefault(id(model), threading.RLock())
 
 
 @dataclass(frozen=True)
@@ -56,44 +65,52 @@ class SegmentationView:
 
 
 def explorer_session(model, image, cfg=None, *, labels=None, image_size: int | None = None,
-                     **session_options):
-    """A :class:`emerdiff_lab.session.Session` ready for the explorer: its trajectory reaches
-    the top of the schedule (so that every t_m of the slider is served without inverting
-    again) and the default setting's reference pass is recorded up front."""
+                     prepare: bool = True, **session_options):
+    """A :class:`emerdiff_lab.session.Session` for the explorer; with ``prepare`` its
+    trajectory reaches the top of the schedule (so that every t_m of the slider is served
+    without inverting again) and the default setting's reference pass is recorded up front
+    (else the explorer's first request does both, showing its progress)."""
     from .session import Session
 
     session = Session(model, image, labels, cfg=cfg, image_size=image_size, **session_options)
+    if prepare:
+        prepare_session(session)
+    return session
+
+
+def prepare_session(session) -> None:
     session.inversion(session.cfg, depth=max(session.timesteps()))
     session.reference_pass(session.cfg)
-    return session
 
 
 class Explorer:
     """The ipywidgets app. Controls (all public attributes, so code can drive them):
 
-    ``mode`` (ToggleButtons "cell" / "mask"), ``row`` and ``col`` (IntSliders, the selected cell),
-    ``mask`` (Dropdown), ``cells`` (a grid of buttons, one per feature cell, coloured by k-means
-    mask: clicking selects that cell, or its mask in mask mode), ``strength`` (lambda, log
-    slider), ``timestep`` (t_m, selection slider), ``layer`` (Dropdown), ``injection``
-    (Checkbox), ``placement`` (Dropdown), ``overlay`` (Checkbox: the difference map blended over
-    the image), ``segment_button`` (Button: the whole segmentation for the current setting).
-    Views: ``image_view`` (image, grid and selection), ``plus_view``, ``minus_view``,
-    ``diff_view`` (PNG ``ipywidgets.Image``), ``status`` (HTML); the segmentation panel
-    ``segment_panel`` (hidden until "Segment" is first pressed) holds ``naive_view``,
-    ``emerdiff_view``, ``truth_view`` and ``segment_status``. Every change recomputes through
-    the session's caches; the panel shows the current setting's segmentation when it has been
-    computed, and says so when the controls have moved on since.
+    ``mode`` ("cell" / "mask"), ``row`` and ``col`` (the selected cell), ``mask`` (Dropdown,
+    beside ``mask_swatches``: each mask's colour), ``cells`` (a button per feature cell in its
+    mask's colour: clicking selects that cell, or its mask in mask mode), ``strength`` (lambda,
+    a text box taking exact values) with ``strength_slider`` (1-2-5 steps), ``timestep`` (t_m),
+    ``layer``, ``injection``, ``placement``, ``overlay`` (the map over the image), ``scale``
+    ("shared scale": every map on 0 to :data:`~emerdiff_lab.scales.SHARED_VMAX`, comparable;
+    "own max": each map on its own maximum), ``segment_button`` (with ``segment_progress``).
+    Views: ``image_view``, ``plus_view``, ``minus_view``, ``diff_view`` (PNG images),
+    ``colorbar``, ``note`` (a change too small to see), ``status``; in the "whole segmentation"
+    tab ``segment_panel`` (hidden until "Segment" is first pressed) with ``naive_view``,
+    ``emerdiff_view``, ``truth_view``, ``class_legend`` and ``segment_status``.
 
-    What the controls select is read from ``session`` (a :func:`explorer_session`): ``grid``,
-    ``lowres`` (the k-means masks of the session's config), ``num_masks``, ``timesteps``,
-    ``layers``, ``default_layer``; ``hits`` and ``misses`` count perturbations asked for.
+    What the controls select is read from ``session`` (a :func:`explorer_session`) once, at
+    construction: ``grid``, ``lowres``, ``num_masks``, ``timesteps``, ``layers``,
+    ``default_layer``; ``hits`` and ``misses`` count perturbations asked for. ``class_names``
+    name the label ids in the legend.
     """
 
-    def __init__(self, session, *, display_size: int = DISPLAY_SIZE):
-        import ipywidgets as w
+    def __init__(self, session, *, display_size: int = DISPLAY_SIZE, background: bool = False,
+                 class_names=None):
 
-        self.session = session
-        self.display_size = display_size
+        from .threads import apply_interactive_threads
+        from .worker import LatestWorker
+
+        self.session, self.display_size, self.class_names = session, display_size, class_names
         self.cfg = session.cfg
         self.grid = session.region_grid()
         self.lowres = session.masks()
@@ -101,61 +118,26 @@ class Explorer:
         self.timesteps = session.timesteps()
         self.layers = session.candidate_layers()
         self.default_layer = session.resolved().modulation_layer
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.updates = 0
         self.last_seconds = 0.0
-        cfg, (h, wd) = self.cfg, self.grid
-        self.mode = w.ToggleButtons(options=["cell", "mask"], value="cell",
-                                    description="region")
-        self.row = w.IntSlider(value=h // 2, min=0, max=h - 1, description="row")
-        self.col = w.IntSlider(value=wd // 2, min=0, max=wd - 1, description="column")
-        self.mask = w.Dropdown(options=[(f"mask {i}", i) for i in range(self.num_masks)],
-                               value=int(self.lowres[h // 2, wd // 2]), description="mask")
-        self.strength = w.FloatLogSlider(value=float(cfg.modulation_strength), base=10, min=-1,
-                                         max=2.5, step=0.1, description="lambda")
-        self.timestep = w.SelectionSlider(options=self.timesteps,
-                                          value=int(cfg.modulation_timestep), description="t_m")
-        self.layer = w.Dropdown(options=[(_short(n), n) for n in self.layers],
-                                value=self.default_layer, description="layer")
-        self.injection = w.Checkbox(value=bool(cfg.attention_injection),
-                                    description="attention injection")
-        self.placement = w.Dropdown(options=["after_projection", "before_projection"],
-                                    value=cfg.offset_placement, description="offset")
-        self.overlay = w.Checkbox(value=False, description="difference map over the image")
-        self.segment_button = w.Button(
-            description="Segment", button_style="primary", icon="th",
-            tooltip="perturb every k-means mask with the current setting and assemble the "
-                    "segmentation (about K perturbations; cached per setting)")
-        self.segment_button.add_class("edl-segment")
-        self.segment_button.on_click(lambda _: self.segment())
-        self.cells = self._cell_buttons()
-        self.image_view = w.Image(format="png")
-        self.plus_view = w.Image(format="png")
-        self.minus_view = w.Image(format="png")
-        self.diff_view = w.Image(format="png")
-        self.naive_view = w.Image(format="png")
-        self.emerdiff_view = w.Image(format="png")
-        self.truth_view = w.Image(format="png")
-        self.status = w.HTML()
-        self.status.add_class("edl-status")
-        self.segment_status = w.HTML("press <b>Segment</b> to compute the whole segmentation")
-        self.segment_status.add_class("edl-seg-status")
-        for view, css in ((self.image_view, "edl-image"), (self.plus_view, "edl-plus"),
-                          (self.minus_view, "edl-minus"), (self.diff_view, "edl-diff"),
-                          (self.naive_view, "edl-seg-naive"),
-                          (self.emerdiff_view, "edl-seg-emerdiff"),
-                          (self.truth_view, "edl-seg-truth")):
-            view.add_class(css)
-            view.layout.width = f"{display_size}px"
+        self.worker = LatestWorker(background,
+                                   on_start=lambda: apply_interactive_threads(announce=False))
+        self._prepared = max(session.cache_info()["inversion_depths"] or [0]) >= \
+            max(self.timesteps)
+        parts.build_controls(self)
+        self.image_view.value = self._selection_png(self.region())
         for control, css in ((self.row, "edl-row"), (self.col, "edl-col"),
                              (self.strength, "edl-strength"), (self.timestep, "edl-timestep"),
                              (self.mask, "edl-mask"), (self.layer, "edl-layer"),
                              (self.injection, "edl-injection"), (self.mode, "edl-mode"),
-                             (self.placement, "edl-placement"), (self.overlay, "edl-overlay")):
+                             (self.placement, "edl-placement"), (self.overlay, "edl-overlay"),
+                             (self.scale, "edl-scale")):
             control.add_class(css)
             control.observe(self._on_change, names="value")
-        self.updates = 0
-        self.segment_panel = self._segment_panel()
-        self.widget = self._layout()
+        self.strength_slider.add_class("edl-strength-slider")
+        self.strength_slider.observe(self._on_lambda_step, names="value")
+        self.segment_panel = parts.segment_panel(self)
+        self.widget = parts.layout(self)
         self.update()
 
     # -- from controls to settings
@@ -208,11 +190,13 @@ class Explorer:
                                 self.session.miou(naive),
                                 0.0 if cached else time.perf_counter() - start)
 
-    # -- state
+    # -- state (read on the main thread without asking the session, which may be busy)
     def region(self) -> torch.Tensor:
         if self.mode.value == "mask":
             return self.lowres == self.mask.value
-        return self.session.cell_region(self.row.value, self.col.value)
+        region = torch.zeros(self.grid, dtype=torch.bool)
+        region[self.row.value, self.col.value] = True
+        return region
 
     def options(self) -> dict:
         return {"strength": float(self.strength.value), "timestep": int(self.timestep.value),
@@ -223,11 +207,22 @@ class Explorer:
         """The :class:`emerdiff_lab.Perturbation` on display (from the cache)."""
         return self.perturbation(self.region(), **self.options())
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until every requested picture is drawn (False if ``timeout`` passed)."""
+        return self.worker.wait(timeout)
+
     # -- updates
     def _on_change(self, change) -> None:
         if change["owner"] is self.mode and change["new"] == "mask":
-            self.mask.value = int(self.lowres[self.row.value, self.col.value])
+            self._quiet(lambda: setattr(self.mask, "value",
+                                        int(self.lowres[self.row.value, self.col.value])))
+        if change["owner"] is self.strength:
+            self._quiet(lambda: setattr(self.strength_slider, "value",
+                                        parts.nearest_step(change["new"])))
         self.update()
+
+    def _on_lambda_step(self, change) -> None:
+        self.strength.value = float(change["new"])    # its own observer updates
 
     def _on_cell_click(self, row: int, col: int) -> None:
         def select():
@@ -238,6 +233,8 @@ class Explorer:
         self.update()
 
     def _quiet(self, action) -> None:
+        """Runs ``action`` without the controls' observers (one update for several changes)."""
+        self.strength_slider.unobserve(self._on_lambda_step, names="value")
         for control in (self.row, self.col, self.mask):
             control.unobserve(self._on_change, names="value")
         try:
@@ -245,99 +242,147 @@ class Explorer:
         finally:
             for control in (self.row, self.col, self.mask):
                 control.observe(self._on_change, names="value")
+            self.strength_slider.observe(self._on_lambda_step, names="value")
+
+    def _selection_png(self, region) -> bytes:
+        return png_bytes(grid_image(self.session.pixels, self.grid, region,
+                                    self.lowres if self.mode.value == "mask" else None,
+                                    display_size=self.display_size))
 
     def update(self) -> None:
-        """Recomputes (or fetches) the perturbation for the controls and redraws every view."""
-        session = self.session
-        options = self.options()
-        region = self.region()
+        """Asks for the perturbation of the controls' setting and draws it when it comes; the
+        selection is drawn at once and the old pictures are marked stale meanwhile."""
+        region, options = self.region(), self.options()
+        self.image_view.value = self._selection_png(region)
+        self._paint_cells(region)
+        self.mask_swatches.value = parts.mask_swatches(self.num_masks, self.mask.value)
+        where = "the reference pass (once per image)" if not self._prepared else \
+            (f"cell ({self.row.value}, {self.col.value})" if self.mode.value == "cell"
+             else f"mask {self.mask.value}")
+        if self.worker.background:
+            self._mark_stale(True)
+            after = " (after the running Segment)" if self.worker.busy("segment") else ""
+            self.status.value = self._status_head() + f"<b>computing {where}…</b>{after}"
+        self.worker.submit(lambda: self._compute(region, options, where),
+                           lambda result, error: self._draw(result, error, options),
+                           lane="perturbation")
+
+    def _compute(self, region, options, where):
+        """On the worker: the perturbation (preparing the session first if needed), whether
+        it was cached, its time, and the segmentation of the setting when it is cached."""
+        def show(done, total, seconds):
+            self.status.value = (self._status_head() + f"<b>computing {where}…</b> denoising "
+                                 f"steps {done} / {total} ({seconds:.1f} s)")
+
+        self.session.on_progress = parts.Progress(show) if self.worker.background else None
+        try:
+            with model_lock(self.session.model):
+                return self._compute_locked(region, options)
+        finally:
+            self.session.on_progress = None
+
+    def _compute_locked(self, region, options):
+        """:meth:`_compute`'s work, under the model's lock."""
+        if not self._prepared:
+            prepare_session(self.session)
+            self._prepared = True
         cached = self.is_cached(region, **options)
         start = time.perf_counter()
         pert = self.perturbation(region, **options)
         seconds = time.perf_counter() - start
-        size = self.display_size
-        self.image_view.value = png_bytes(grid_image(session.pixels, self.grid, region,
-                                                     self.lowres if self.mode.value == "mask"
-                                                     else None, display_size=size))
-        self.plus_view.value = png_bytes(_to_uint8(pert.plus), size)
-        self.minus_view.value = png_bytes(_to_uint8(pert.minus), size)
-        heat = heatmap_rgb(pert.diff)
+        segmented = self.segmentation(**options) if (
+            self.segment_panel.layout.display != "none"
+            and self.has_segmentation(**options)) else None
+        return region, pert, cached, seconds, segmented
+
+    def _draw(self, result, error, options) -> None:
+        """Draws every view of one result together (status, maps, colour bar, note)."""
+        if error is not None:
+            self._mark_stale(False)
+            self.status.value = self._status_head() + f"<b>error:</b> {error}"
+            if not self.worker.background:
+                raise error
+            return
+        region, pert, cached, seconds, segmented = result
+        size, largest = self.display_size, float(pert.diff.max())
+        self.plus_view.value = png_bytes(parts.to_uint8(pert.plus), size)
+        self.minus_view.value = png_bytes(parts.to_uint8(pert.minus), size)
+        vmax = SHARED_VMAX if self.scale.value == parts.SCALES[0] else max(largest, 1e-12)
+        heat = heatmap_rgb(pert.diff, vmax=vmax)
         if self.overlay.value:
-            heat = _blend(session.pixels, heat)
+            heat = parts.blend(self.session.pixels, heat)
         self.diff_view.value = png_bytes(heat, size)
+        self.colorbar.value = colorbar_html(
+            vmax, width=size, label=f"{self.scale.value}; largest change <b>{largest:.4f}</b>")
+        self.note.value = eye_note(largest)
         where = "from cache" if cached else f"computed in {seconds:.2f} s"
         self.status.value = (
-            f"<b>{model_tag(session.model)}</b><br>"
-            f"region: {int(region.sum())} cell(s); max change {float(pert.diff.max()):.4f} "
-            f"({where}); cache {self.hits} hits / {self.misses} misses")
-        self._paint_cells(region)
-        self._show_segmentation()
+            self._status_head() + f"region: {int(region.sum())} cell(s); max change "
+            f"{largest:.4f} ({where}); cache {self.hits} hits / {self.misses} misses")
+        self._mark_stale(False)
+        if not self.worker.busy("segment"):     # a running Segment draws its own result
+            self._show_segmentation(segmented, options)
         self.updates += 1
 
+    def _status_head(self) -> str:
+        return f"<b>{model_tag(self.session.model)}</b><br>"
+
+    def _mark_stale(self, stale: bool) -> None:
+        for view in (self.plus_view, self.minus_view, self.diff_view):
+            (view.add_class if stale else view.remove_class)("edl-stale")
+
     # -- the whole segmentation
-    def segment(self) -> SegmentationView:
-        """Computes (or fetches) the segmentation for the current setting and shows it."""
-        self.segment_status.value = "segmenting: every k-means mask perturbed ..."
-        view = self.segmentation(**self.options())
-        self.segment_panel.layout.display = "flex"
-        self._show_segmentation(view)
-        return view
+    def segment(self, wait: bool = True) -> SegmentationView | None:
+        """Computes (or fetches) the segmentation for the current setting and shows it, with
+        the button disabled and the denoising steps counted meanwhile. Returns it (``wait``;
+        the button does not wait)."""
+        options, box = self.options(), {}
+        self.segment_button.disabled = True
+        self.segment_progress.value, self.segment_progress.layout.display = 0, "flex"
+        self.segment_status.value = "<b>segmenting:</b> every k-means mask perturbed …"
+        self.tabs.selected_index = 1
 
-    def _show_segmentation(self, view: SegmentationView | None = None) -> None:
-        """Shows ``view`` (or the cached one for the current setting) in the panel; when none
-        is cached, keeps the last pictures and says that they belong to another setting."""
-        session, options = self.session, self.options()
+        def show(done, total, seconds):
+            self.segment_status.value = (f"<b>segmenting:</b> denoising steps {done} / {total} "
+                                         f"({seconds:.1f} s; all masks in one batch per step)")
+
+        def job():
+            self.session.on_progress = parts.Progress(show, self.segment_progress)
+            try:
+                with model_lock(self.session.model):
+                    return self.segmentation(**options)
+            finally:
+                self.session.on_progress = None
+
+        def done(view, error):
+            self.segment_button.disabled = False
+            self.segment_progress.layout.display = "none"
+            if error is not None:
+                self.segment_status.value = f"<b>error:</b> {error}"
+                if not self.worker.background:
+                    raise error
+                return
+            box["view"] = view
+            self.segment_panel.layout.display = "flex"
+            self.segment_hint.layout.display = "none"
+            self._show_segmentation(view, options)
+
+        self.worker.submit(job, done, lane="segment")
+        if wait:
+            self.worker.wait()
+        return box.get("view")
+
+    def _show_segmentation(self, view: SegmentationView | None, options: dict) -> None:
+        """Shows ``view`` in the panel; None (the setting has none cached) keeps the last
+        pictures and says that they belong to another setting."""
+        if self.segment_panel.layout.display == "none":
+            return
         if view is None:
-            if self.segment_panel.layout.display == "none":
-                return
-            if not self.has_segmentation(**options):
-                self.segment_status.value = (
-                    "<b>out of date:</b> the controls changed since this segmentation; press "
-                    "<b>Segment</b> for the current setting")
-                return
-            view = self.segmentation(**options)
-        truth = session.truth
-        mapping = None if truth is None else matched_mapping(view.labels, truth)
-        size = self.display_size
-        self.naive_view.value = png_bytes(label_colours(view.naive, mapping), size)
-        self.emerdiff_view.value = png_bytes(label_colours(view.labels, mapping), size)
-        self.truth_view.value = png_bytes(
-            label_colours(truth) if truth is not None else _to_uint8(session.pixels), size)
-        where = "from cache" if view.seconds == 0 else f"computed in {view.seconds:.1f} s"
-        if truth is None:
-            scores = "no labels for this image: nothing to score (right: the image)"
-        else:
-            scores = (f"mIoU <b>EmerDiff {view.miou:.3f}</b> vs naive {view.naive_miou:.3f} "
-                      f"({view.miou - view.naive_miou:+.3f})")
-        self.segment_status.value = (
-            f"{scores}; lambda={options['strength']:g}, t_m={options['timestep']}, "
-            f"{_short(options['layer'])}, injection {'on' if options['injection'] else 'off'} "
-            f"({where}). Colours: each mask in the colour of the class it is matched to "
-            f"(black: none).")
-
-    # -- layout
-    def _cell_buttons(self):
-        import ipywidgets as w
-
-        from .io import colorize
-
-        h, wd = self.grid
-        colors = colorize(self.lowres.numpy())
-        size = max(12, min(28, 320 // max(h, wd)))
-        self._cell_colors = [[f"#{c[0]:02x}{c[1]:02x}{c[2]:02x}" for c in row] for row in colors]
-        buttons = []
-        for i in range(h):
-            for j in range(wd):
-                button = w.Button(description="", tooltip=f"cell ({i}, {j}), mask "
-                                                          f"{int(self.lowres[i, j])}",
-                                  layout=w.Layout(width=f"{size}px", height=f"{size}px",
-                                                  padding="0", margin="0"))
-                button.style.button_color = self._cell_colors[i][j]
-                button.on_click(lambda _, i=i, j=j: self._on_cell_click(i, j))
-                buttons.append(button)
-        self._buttons = buttons
-        return w.GridBox(buttons, layout=w.Layout(
-            grid_template_columns=f"repeat({wd}, {size}px)", grid_gap="1px"))
+            self.segment_status.value = (
+                "<b>out of date:</b> the controls changed since this segmentation; press "
+                "<b>Segment</b> for the current setting")
+            return
+        parts.draw_segmentation(self, view, options)
 
     def _paint_cells(self, region: torch.Tensor) -> None:
         wd = self.grid[1]
@@ -345,35 +390,6 @@ class Explorer:
             i, j = divmod(index, wd)
             button.style.button_color = "#00ffff" if bool(region[i, j]) else \
                 self._cell_colors[i][j]
-
-    def _layout(self):
-        import ipywidgets as w
-
-        def titled(view, text):
-            return w.VBox([w.HTML(f"<b>{text}</b>"), view])
-
-        controls = w.VBox([self.mode, self.row, self.col, self.mask, self.strength,
-                           self.timestep, self.layer, self.injection, self.placement,
-                           self.overlay, self.segment_button])
-        picker = w.VBox([w.HTML("<b>click a cell</b> (colour = k-means mask)"), self.cells])
-        views = w.HBox([titled(self.image_view, "image, grid, selection"),
-                        titled(self.plus_view, "I+"), titled(self.minus_view, "I-"),
-                        titled(self.diff_view, "difference ||I- - I+||")])
-        return w.VBox([self.status, w.HBox([controls, picker]), views, self.segment_panel])
-
-    def _segment_panel(self):
-        import ipywidgets as w
-
-        truth = "ground truth" if self.session.truth is not None else \
-            "image (no labels)"
-        views = w.HBox([w.VBox([w.HTML(f"<b>{text}</b>"), view]) for view, text in (
-            (self.naive_view, "naive upsampling of the masks"),
-            (self.emerdiff_view, "EmerDiff"), (self.truth_view, truth))])
-        panel = w.VBox([w.HTML("<b>Whole segmentation</b> (all masks, the setting above)"),
-                        self.segment_status, views])
-        panel.add_class("edl-segmentation")
-        panel.layout.display = "none"
-        return panel
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -385,38 +401,48 @@ class Explorer:
         """A matplotlib figure of the current views, titled with the model's tag."""
         from .plotting import plot_perturbations
 
+        self.wait()
         opts = self.options()
         return plot_perturbations(
             self.session.pixels, [self.current()], model=self.session.model,
             title=f"{title}: lambda={opts['strength']:g}, t_m={opts['timestep']}, "
-                  f"{_short(opts['layer'])}, injection {'on' if opts['injection'] else 'off'}")
+                  f"{parts.short_layer(opts['layer'])}, injection "
+                  f"{'on' if opts['injection'] else 'off'}")
 
 
 def open_explorer(model="toyworld", image=None, cfg=None, *, labels=None,
                   image_size: int | None = None, device=None, display: bool = True,
-                  **session_options) -> Explorer:
+                  background: bool = True, **session_options) -> Explorer:
     """One line to an explorer: ``open_explorer()`` (the trained ToyWorld model on a held-out
-    test scene, with its labels) or ``open_explorer(model, "photo.jpg")``.
+    test scene, with its labels) or ``open_explorer(model, "photo.jpg")``. Sets torch's thread
+    count for interactive use first (:mod:`emerdiff_lab.threads`, printed once).
 
     Args:
         model: a loaded model or an id for :func:`emerdiff_lab.load_model`.
         image: anything :func:`emerdiff_lab.load_image` takes; None: :func:`default_scene`.
         labels: (H, W) class ids of ``image`` (255 = ignore), to score "Segment"; with
-            ``image=None`` the default scene's own labels.
+            ``image=None`` the default scene's own labels (named in the legend).
         image_size: side the model sees (default: the model's native size).
+        background: compute on a worker thread (see the module docstring).
 
     Returns:
-        the :class:`Explorer` (shown when ``display``).
+        the :class:`Explorer` (shown when ``display``, before its first picture is computed).
     """
     from .models import load_model
+    from .threads import apply_interactive_threads
 
+    apply_interactive_threads()
     if isinstance(model, str):
         model = load_model(model, device=device)
+    names = None
     if image is None:
+        from .toyworld.scenes import CLASS_NAMES
+
         image, labels = default_scene(image_size or model.native_image_size)
+        names = CLASS_NAMES
     session = explorer_session(model, image, cfg, labels=labels, image_size=image_size,
-                               **session_options)
-    explorer = Explorer(session)
+                               prepare=not background, **session_options)
+    explorer = Explorer(session, background=background, class_names=names)
     if display:
         from IPython.display import display as show
 
@@ -439,20 +465,3 @@ def default_scene(size: int = 64, index: int = DEFAULT_SCENE):
     image, labels = generate_scene(HELDOUT_SEED_START + index, native)
     return (torch.from_numpy(image).permute(2, 0, 1).float() / 255,
             torch.from_numpy(labels).long())
-
-
-def _short(layer: str) -> str:
-    parts = layer.split(".")
-    return f"{parts[0]}.{parts[1]} attn {parts[3]}" if len(parts) > 3 else layer
-
-
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy() * 255).round() \
-        .astype(np.uint8)
-
-
-def _blend(image: torch.Tensor, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8 heat map blended over the (3, H, W) image, (H, W, 3) uint8: where the
-    change is small the image shows through, darkened; where it is large the heat map wins."""
-    rgb = to_numpy_image(image) * 255
-    return (rgb * (1 - alpha) + heat.astype(np.float32) * alpha).round().astype(np.uint8)

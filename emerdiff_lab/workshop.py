@@ -122,9 +122,15 @@ class Lesson:
 LESSON = Lesson()
 
 
-def new_lesson() -> Lesson:
-    """Starts a fresh :data:`LESSON` (the notebook's first cell does)."""
+def new_lesson(threads: bool = True) -> Lesson:
+    """Starts a fresh :data:`LESSON` (the notebook's set-up cell does) and, with ``threads``,
+    sets torch's thread count for interactive use (:mod:`emerdiff_lab.threads`: one core left
+    free, so that a laptop's browser and video call do not stall every parallel region)."""
     global LESSON
+    if threads:
+        from .threads import apply_interactive_threads
+
+        apply_interactive_threads()
     LESSON = Lesson()
     return LESSON
 
@@ -210,18 +216,20 @@ def nearest(lowres: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def mask_scores(models: dict, images: torch.Tensor, labels: torch.Tensor, k: int = 6,
-                seed: int = 0) -> dict[str, list[float]]:
+                seed: int = 0, progress: bool = False) -> dict[str, list[float]]:
     """Part 1: per-scene mIoU of k-means masks of trained features, of cell colours and of
     random-weight features (``models``: {"trained": model, "random": model}).
 
     Returns:
         {name in :data:`MASK_SOURCES`: [per-scene mIoU]}.
     """
+    from tqdm.auto import tqdm
+
     from .features import extract_features, kmeans_masks
 
     size = images.shape[-1]
     out = {name: [] for name in MASK_SOURCES}
-    for image, truth in zip(images, labels):
+    for image, truth in tqdm(list(zip(images, labels)), desc="scenes", disable=not progress):
         for name, model in (("trained features", models["trained"]),
                             ("random features", models["random"])):
             feats = extract_features(model, image, model.default_config)
@@ -351,8 +359,10 @@ def check_cell_colours(answer, image: torch.Tensor, grid: int = 16) -> Check:
         return _verdict(exercise, "wrong", f"that is the sum of the {step * step} pixels; "
                         f"divide by {step * step} (or use .mean) to keep colours in [0, 1]")
     return _verdict(exercise, "wrong", f"differs from the cell means by up to "
-                    f"{float((answer.float() - expected).abs().max()):.3g}; reshape to "
-                    f"(3, {grid}, {step}, {grid}, {step}) and average axes 2 and 4")
+                    f"{float((answer.float() - expected).abs().max()):.3g}: check that each "
+                    f"value averages exactly the {step}x{step} pixels of its own cell (compare "
+                    f"your top-left value with the mean of the scene's top-left {step}x{step} "
+                    f"block) and that no pixel of a neighbouring cell is mixed in")
 
 
 def check_ranking(answer, scores: dict[str, list[float]]) -> Check:
@@ -439,7 +449,8 @@ def check_difference_map(answer, pert) -> Check:
     plus, minus = pert.plus.detach().cpu().float(), pert.minus.detach().cpu().float()
     expected = rgb_distance(plus, minus)
     if answer.shape != expected.shape:
-        hint = " (the norm runs over the colour axis, dim=0)" if answer.ndim != 2 or \
+        hint = " (the distance runs over the three colour channels, the first axis)" \
+            if answer.ndim != 2 or \
             3 in answer.shape else ""
         return _verdict(exercise, "wrong", f"expected one value per pixel, shape "
                         f"{tuple(expected.shape)}; got {tuple(answer.shape)}{hint}")
@@ -456,8 +467,9 @@ def check_difference_map(answer, pert) -> Check:
         return _verdict(exercise, "wrong", "a distance is never negative: you kept the sign of "
                                            "I- - I+; take the norm over the channels")
     return _verdict(exercise, "wrong", f"differs from ||I- - I+||_2 by up to "
-                    f"{float((answer.float() - expected).abs().max()):.3g}; compute "
-                    f"(pert.minus - pert.plus).norm(dim=0)")
+                    f"{float((answer.float() - expected).abs().max()):.3g}: look at one pixel "
+                    f"by hand (its three channel differences, squared, summed, square-rooted) "
+                    f"and compare it with your value there")
 
 
 # ------------------------------------------------------------ part 3: attention injection
@@ -484,8 +496,11 @@ def check_class_share(answer, diff: torch.Tensor, region: torch.Tensor) -> Check
                                            "inside changes); divide sums instead")
     if not 0 <= value <= 1:
         return _verdict(exercise, "wrong", f"a share is in [0, 1]; got {value:.3g}")
-    return _verdict(exercise, "wrong", f"expected {expected:.3f}: diff[region].sum() / "
-                    f"diff.sum(); got {value:.3f}")
+    too = "high" if value > expected else "low"
+    return _verdict(exercise, "wrong", f"got {value:.3f}, too {too}, and none of the usual slips "
+                    f"(the region's share of the pixels, the share outside, a ratio of means): "
+                    f"check what your numerator and your denominator each add up, and over "
+                    f"which pixels")
 
 
 def check_injection_prediction(answer, on: list[float], off: list[float]) -> Check:
@@ -550,15 +565,15 @@ def check_best_setting(answer, scores: dict) -> Check:
         return _verdict(exercise, "wrong", f"{key} is not in the sweep; its settings are "
                         f"{sorted(scores)}")
     best = max(scores.values())
-    winner = max(scores, key=scores.get)
     if scores[key] >= best - 1e-12:
         return _verdict(exercise, "right", f"t_m={key[0]}, lambda={key[1]:g} scores "
                         f"{best:.3f} on the validation scenes; now report it on the test scenes")
     if scores[key] <= min(scores.values()) + 1e-12:
-        return _verdict(exercise, "wrong", f"{key} is the worst of the sweep ({scores[key]:.3f});"
-                        f" the best is {winner} ({best:.3f})")
-    return _verdict(exercise, "wrong", f"{key} scores {scores[key]:.3f}, but {winner} scores "
-                    f"{best:.3f}")
+        return _verdict(exercise, "wrong", f"{key} is the worst of the sweep ({scores[key]:.3f}):"
+                        f" the highest mean mIoU is wanted, not the lowest")
+    higher = sum(v > scores[key] + 1e-12 for v in scores.values())
+    return _verdict(exercise, "wrong", f"{key} scores {scores[key]:.3f}, but {higher} setting(s) "
+                    f"of the table score higher: read every cell of the table")
 
 
 # --------------------------------------------------------- part 5: assembling the segmentation
@@ -576,8 +591,8 @@ def check_assembly(answer, maps: torch.Tensor, blur_sigma: float) -> Check:
     expected = assemble(maps, blur_sigma)
     if answer.shape != expected.shape:
         return _verdict(exercise, "wrong", f"expected {tuple(expected.shape)}, one mask id per "
-                        f"pixel; got {tuple(answer.shape)}: take the argmax over the mask axis "
-                        f"(dim=0)")
+                        f"pixel; got {tuple(answer.shape)}: the choice is made over the masks, "
+                        f"the first axis of the maps")
     if answer.is_floating_point():
         return _verdict(exercise, "wrong", "labels are mask ids (integers): take the argmax, "
                                            "not the max")
@@ -592,8 +607,9 @@ def check_assembly(answer, maps: torch.Tensor, blur_sigma: float) -> Check:
         return _verdict(exercise, "wrong", f"close ({agreement:.1%} of pixels agree): blur each "
                         f"map first (sigma {blur_sigma:g} px) so that single noisy pixels do "
                         f"not decide")
-    return _verdict(exercise, "wrong", f"only {agreement:.1%} of pixels agree with "
-                    f"edl.gaussian_blur(maps, sigma).argmax(0)")
+    return _verdict(exercise, "wrong", f"only {agreement:.1%} of pixels agree: check the order "
+                    f"(blur every map first, then choose per pixel), the blur's sigma "
+                    f"({blur_sigma:g} px) and that the choice runs over the masks")
 
 
 def check_miou(answer, pred: torch.Tensor, truth: torch.Tensor) -> Check:
@@ -620,8 +636,9 @@ def check_miou(answer, pred: torch.Tensor, truth: torch.Tensor) -> Check:
                                            "class's intersection over union")
     if not 0 <= value <= 1:
         return _verdict(exercise, "wrong", f"an mIoU is in [0, 1]; got {value:.3g}")
-    return _verdict(exercise, "wrong", f"expected {result.miou:.3f} "
-                                       f"(hungarian_miou(pred, truth).miou); got {value:.3f}")
+    return _verdict(exercise, "wrong", f"got {value:.3f}, none of the usual slips (ids taken "
+                    f"as classes, pixel accuracy): check that you score `emerdiff` against "
+                    f"`truth`, in that order, and read the result's mIoU")
 
 
 # -------------------------------------------------------------------- part 6: where it fails
@@ -653,9 +670,10 @@ def check_worst_class(answer, pred: torch.Tensor, truth: torch.Tensor) -> Check:
     if answer == largest["name"]:
         return _verdict(exercise, "wrong", f"{answer} is the largest region "
                         f"({mine['share']:.1%}); its best segment reaches IoU "
-                        f"{mine['best_iou']:.2f}, {worst['name']}'s only {worst['best_iou']:.2f}")
-    return _verdict(exercise, "wrong", f"{answer}'s best IoU is {mine['best_iou']:.2f}, "
-                    f"{worst['name']}'s {worst['best_iou']:.2f}")
+                        f"{mine['best_iou']:.2f}. Look for the lowest best_iou, not the "
+                        f"largest share")
+    return _verdict(exercise, "wrong", f"{answer}'s best IoU is {mine['best_iou']:.2f}; another "
+                    f"class's is lower: read the best_iou column")
 
 
 def check_split_count(answer, pred: torch.Tensor, truth: torch.Tensor, name: str) -> Check:
@@ -680,8 +698,9 @@ def check_split_count(answer, pred: torch.Tensor, truth: torch.Tensor, name: str
     if count == int(torch.as_tensor(pred).unique().numel()):
         return _verdict(exercise, "wrong", f"that is every segment of the image; count those "
                         f"covering at least 5% of the {name} region")
-    return _verdict(exercise, "wrong", f"expected {expected} (segments covering >= 5% of "
-                    f"{name}); got {count}")
+    return _verdict(exercise, "wrong", f"{count} is not what the table counts: count only the "
+                    f"segments that cover at least 5% of the {name} region (the "
+                    f"segments_inside column)")
 
 
 # ------------------------------------------------------------------------------ model answers

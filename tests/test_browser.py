@@ -1,7 +1,9 @@
 """End to end in a real browser: JupyterLab on 127.0.0.1, the explorer notebook opened in headless
-Chromium (Debian's ``chromium``, driven by Playwright; no browser download) on the trained
-ToyWorld model, run, a slider moved with the keyboard and the heat map seen to change, then
-"Segment" pressed and the segmentation panel seen to show the new setting's scored segmentation.
+Chromium (Debian's ``chromium``, driven by Playwright; no browser download) at 1366x768 on the
+trained ToyWorld model, run; the first map announced as the reference pass; a slider moved with
+the keyboard, a busy indication seen before the new heat map; lambda typed exactly, "Segment"
+pressed, its denoising steps counted while the button is disabled, and the scored segmentation,
+the colour bar and the class legend seen, all within the screen.
 
 Needs ``apt-get install chromium`` and the ``playwright`` Python package; skipped without them.
 """
@@ -98,7 +100,36 @@ def _stop(server: subprocess.Popen) -> None:
         server.wait(timeout=10)
 
 
-def test_explorer_on_toyworld_slider_and_segment(chromium, jupyterlab):
+# Records, in the page and in order, every change of the explorer's status lines (the text each
+# change put there), of the difference map's picture and stale mark and of the Segment button's
+# disabled state, so that the test can tell what was shown *before* a new map arrived however
+# slowly the browser renders.
+RECORDER = """() => {
+  window.edlLog = [];
+  const push = (what, value) => window.edlLog.push({what, value});
+  new MutationObserver(records => { for (const m of records) {
+    const t = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+    if (!t) continue;
+    if (m.type === 'attributes') {
+      if (t.matches('img.edl-diff') && m.attributeName === 'src') push('src', t.src);
+      if (t.matches('img.edl-diff') && m.attributeName === 'class')
+        push('stale', t.classList.contains('edl-stale'));
+      if (t.closest('.edl-segment') && m.attributeName === 'disabled')
+        push('disabled', t.closest('.edl-segment').disabled);
+      continue;
+    }
+    const text = [...m.addedNodes].map(n => n.textContent).join('');
+    if (t.closest('.edl-status')) push('status', text);
+    if (t.closest('.edl-seg-status')) push('seg', text);
+  }}).observe(document.body, {subtree: true, childList: true, characterData: true,
+      attributes: true, attributeFilter: ['src', 'class', 'disabled']});
+}"""
+
+
+def test_explorer_on_toyworld_busy_progress_scale_and_legend(chromium, jupyterlab):
+    """On a 1366x768 screen: the explorer fits without scrolling to the Segment result; a click
+    shows a busy indication before the new map; Segment counts its denoising steps while its
+    button is disabled; the colour bar and the class legend are shown."""
     from playwright.sync_api import sync_playwright
 
     url, root = jupyterlab
@@ -106,7 +137,7 @@ def test_explorer_on_toyworld_slider_and_segment(chromium, jupyterlab):
         browser = playwright.chromium.launch(executable_path=chromium, headless=True,
                                              args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
             page.set_default_timeout(120_000)
             page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
             page.wait_for_selector(".jp-Notebook", state="visible")
@@ -116,60 +147,86 @@ def test_explorer_on_toyworld_slider_and_segment(chromium, jupyterlab):
                 " && window.jupyterapp.shell.currentWidget.sessionContext"
                 " && window.jupyterapp.shell.currentWidget.sessionContext.session"
                 " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel")
+            page.evaluate(RECORDER)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-
-            heat = page.locator("img.edl-diff")
-            heat.wait_for(state="visible", timeout=240_000)
-            page.wait_for_function(
-                "() => { const s = document.querySelector('.edl-status'); "
-                "return s && s.innerText.includes('cache'); }", timeout=240_000)
+            page.locator(".edl-explorer").wait_for(state="visible", timeout=240_000)
             # The notebook's last cell (the snapshot) has run once its output is there.
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.jp-OutputArea-output')]"
-                ".some(e => e.innerText.includes('explorer.png'))", timeout=240_000)
-            first_status = page.locator(".edl-status").inner_text()
-            heat.scroll_into_view_if_needed()
+                ".some(e => e.innerText.includes('explorer.png'))", timeout=400_000)
+            first_log = page.evaluate(
+                "() => window.edlLog.filter(e => e.what === 'status').map(e => e.value)")
+            explorer = page.locator(".edl-explorer")
+            explorer.evaluate("e => e.scrollIntoView({block: 'start'})")
+            box = explorer.bounding_box()
+            overlay = page.locator(".edl-overlay .widget-label-basic")
+            label_whole = overlay.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+            label_text = overlay.inner_text()
+
+            # One region: a cell never computed, by the row slider.
+            page.locator(".edl-explorer .lm-TabBar-tab", has_text="one region").click()
+            heat = page.locator("img.edl-diff")
+            heat.wait_for(state="visible")
+            page.wait_for_timeout(300)
             src_before = heat.get_attribute("src")
             pixels_before = heat.screenshot()
-
-            handle = page.locator(".edl-row .noUi-handle")
-            handle.focus()
-            page.keyboard.press("ArrowRight")  # row h//2 -> h//2 + 1: a cell never computed
+            colorbar = page.locator(".edl-colorbar").inner_text()
+            page.evaluate("() => { window.edlLog = []; }")
+            page.locator(".edl-row .noUi-handle").focus()
+            page.keyboard.press("ArrowRight")
             page.wait_for_function(
-                "(before) => document.querySelector('img.edl-diff').src !== before",
-                arg=src_before, timeout=120_000)
-            page.wait_for_function(
-                "() => document.querySelector('.edl-status').innerText.includes('computed')",
-                timeout=120_000)
+                "(before) => document.querySelector('img.edl-diff').src !== before"
+                " && !document.querySelector('img.edl-diff.edl-stale')",
+                arg=src_before, timeout=240_000)
             page.wait_for_timeout(500)
+            cell_log = page.evaluate("() => window.edlLog")
             pixels_after = heat.screenshot()
             status = page.locator(".edl-status").inner_text()
 
-            # The notebook segmented the starting setting; the moved slider does not change
-            # the setting's key (the region is not part of it), so change lambda, which does:
-            # the panel must say it is out of date until Segment is pressed.
-            seg_status = page.locator(".edl-seg-status")
-            page.locator(".edl-strength .noUi-handle").focus()
-            page.keyboard.press("ArrowRight")
+            # Segment at an exact typed lambda (a setting never segmented).
+            page.locator(".edl-strength input").fill("50")
+            page.locator(".edl-strength input").press("Enter")
             page.wait_for_function(
-                "() => document.querySelector('.edl-seg-status').innerText"
-                ".includes('out of date')", timeout=120_000)
+                "() => document.querySelector('.edl-status').innerText.includes('max change')"
+                " && !document.querySelector('img.edl-diff.edl-stale')", timeout=240_000)
+            page.evaluate("() => { window.edlLog = []; }")
             page.locator(".edl-segment").click()
             page.wait_for_function(
                 "() => { const s = document.querySelector('.edl-seg-status').innerText; "
-                "return s.includes('mIoU') && s.includes('computed in'); }", timeout=240_000)
+                "return s.includes('mIoU') && s.includes('computed in'); }", timeout=400_000)
+            segment_log = page.evaluate("() => window.edlLog")
+            seg_text = page.locator(".edl-seg-status").inner_text()
+            legend = page.locator(".edl-class-legend").inner_text()
             segmented = page.locator("img.edl-seg-emerdiff")
-            segmented.scroll_into_view_if_needed()
-            panel_visible = page.locator(".edl-segmentation").is_visible()
-            seg_text = seg_status.inner_text()
+            explorer.evaluate("e => e.scrollIntoView({block: 'start'})")
+            seg_box = segmented.bounding_box()
             segmented_png = segmented.screenshot()
             truth_png = page.locator("img.edl-seg-truth").screenshot()
         finally:
             browser.close()
-    assert "toyworld" in first_status and "RANDOM WEIGHTS" not in first_status
+    assert any("reference pass" in s for s in first_log), "no busy sign before the first map"
+    assert box["height"] <= 700 and box["width"] <= 1366, f"the explorer is {box}"
+    assert label_whole and "map over the image" in label_text
+    assert "largest change" in colorbar and "shared scale" in colorbar
+    # Busy before new: "computing" (or the dimmed picture) comes before the new map's picture.
+    first_src = next(i for i, e in enumerate(cell_log) if e["what"] == "src")
+    busy = [e for e in cell_log[:first_src] if (e["what"] == "status" and "computing" in
+                                                 e["value"]) or e == {"what": "stale",
+                                                                      "value": True}]
+    assert busy, f"no busy indication before the new map: {cell_log[:12]}"
     assert pixels_after != pixels_before, "the heat map looks the same after the slider moved"
-    assert "region: 1 cell(s)" in status
-    assert panel_visible and "EmerDiff" in seg_text and "naive" in seg_text
+    assert "region: 1 cell(s)" in status and "toyworld" in status
+    assert "RANDOM WEIGHTS" not in status
+    # Segment: disabled, then its denoising steps counted, then enabled again with the result.
+    events = [(e["what"], e["value"]) for e in segment_log]
+    disabled_at = events.index(("disabled", True))
+    steps = [i for i, (what, value) in enumerate(events)
+             if what == "seg" and "denoising steps" in value]
+    enabled_at = max(i for i, e in enumerate(events) if e == ("disabled", False))
+    assert steps and disabled_at < steps[0] and steps[-1] < enabled_at, events[:20]
+    assert "lambda=50," in seg_text and "EmerDiff" in seg_text and "naive" in seg_text
+    assert "sky" in legend, f"no class legend: {legend!r}"
+    assert seg_box["y"] + seg_box["height"] <= 768 + 1, "the Segment result is below the fold"
     assert segmented_png != truth_png
     assert (root / "figures" / "explorer.png").is_file()
 

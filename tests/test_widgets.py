@@ -2,6 +2,8 @@
 revisited setting comes from the cache without recomputing, cached results are correct, and
 "Segment" shows the whole segmentation, scored against the labels."""
 
+import time
+
 import pytest
 import torch
 
@@ -137,6 +139,8 @@ def test_status_and_snapshot_say_random_weights(explorer):
 
 def test_open_explorer_is_one_line(tiny_model):
     explorer = widgets.open_explorer(tiny_model, image_size=128, display=False)
+    assert explorer.wait(600)                   # its worker shares the model with later tests
+    assert "computed in" in explorer.status.value
     assert explorer.diff_view.value and explorer.session.pixels.shape == (3, 128, 128)
     assert explorer.session.truth.shape == (128, 128)      # the default scene's own labels
 
@@ -149,6 +153,7 @@ def test_open_explorer_defaults_to_toyworld_on_a_heldout_test_scene(tiny_model, 
                         lambda model_id, device=None: asked.append(model_id) or tiny_model)
     explorer = widgets.open_explorer(cfg=tiny_model.default_config.replace(num_masks=4),
                                      image_size=128, display=False)
+    assert explorer.wait(600)
     assert asked == ["toyworld"]
     image, labels = generate_scene(HELDOUT_SEED_START + widgets.DEFAULT_SCENE, 128)
     assert torch.equal(explorer.session.truth, torch.from_numpy(labels))
@@ -231,3 +236,185 @@ def test_explorer_benchmark_runs_and_records_the_median(tmp_path, tiny_model, mo
     record = json.loads(out.read_text())
     assert record["new_cell_n"] == 3 and record["new_cell_median_s"] > 0
     assert record["cached_s"] < min(record["new_cell_s"])
+
+
+# ------------------------------------------------------- responsiveness (the worker thread)
+def _gate(monkeypatch, session, name):
+    """Makes ``session.<name>`` wait for the returned event before it runs; records calls."""
+    import threading
+
+    original, gate, calls = getattr(session, name), threading.Event(), []
+
+    def gated(*args, **kwargs):
+        calls.append(args)
+        assert gate.wait(60), "the test never opened the gate"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(session, name, gated)
+    return gate, calls
+
+
+def test_background_marks_the_old_picture_stale_and_draws_only_the_newest(session,
+                                                                          monkeypatch):
+    explorer = widgets.Explorer(session, background=True)
+    assert explorer.wait(120)
+    gate, calls = _gate(monkeypatch, session, "perturbation")
+    explorer.row.value = 0                      # starts computing, held at the gate
+    for _ in range(1000):
+        if calls:
+            break
+        time.sleep(0.01)
+    explorer.row.value = 1                      # waits ...
+    explorer.row.value = 3                      # ... and is replaced by this one
+    assert "computing" in explorer.status.value
+    assert all("edl-stale" in v._dom_classes for v in (explorer.diff_view, explorer.plus_view))
+    gate.set()
+    assert explorer.wait(120)
+    assert len(calls) == 2                      # row 0 and row 3; row 1 never computed
+    assert explorer.worker.replaced >= 1 and explorer.worker.dropped >= 1
+    assert "edl-stale" not in explorer.diff_view._dom_classes
+    assert "computed in" in explorer.status.value or "from cache" in explorer.status.value
+    monkeypatch.undo()
+    drawn = explorer.diff_view.value
+    sync = widgets.Explorer(session)
+    sync.row.value = 3
+    assert sync.diff_view.value == drawn        # the newest request's map is on display
+
+
+def test_first_map_says_it_computes_the_reference_pass(tiny_model, session, monkeypatch):
+    fresh = widgets.explorer_session(tiny_model, session.pixels, session.cfg, image_size=128,
+                                     prepare=False)
+    gate, _ = _gate(monkeypatch, fresh, "inversion")
+    explorer = widgets.Explorer(fresh, background=True)
+    assert "computing the reference pass" in explorer.status.value
+    assert explorer.image_view.value and explorer.diff_view.value   # never a blank cell
+    gate.set()
+    assert explorer.wait(300)
+    assert "computed in" in explorer.status.value
+    assert fresh.cache_info()["inversion_depths"] == [max(explorer.timesteps)]
+
+
+def test_segment_shows_progress_and_is_disabled_while_running(session):
+    explorer = widgets.Explorer(session, background=True)
+    assert explorer.wait(120)
+    explorer.strength.value = 7.0               # a setting never segmented
+    assert explorer.wait(120)
+    seen = []
+    explorer.segment_status.observe(lambda c: seen.append(c["new"]), names="value")
+    explorer.segment_button.click()
+    assert explorer.segment_button.disabled
+    assert explorer.tabs.selected_index == 1
+    assert explorer.wait(300)
+    steps = [s for s in seen if "denoising steps" in s]
+    assert steps, seen
+    import re
+    done, total = map(int, re.search(r"denoising steps (\d+) / (\d+)", steps[-1]).groups())
+    assert done == total > 0
+    assert not explorer.segment_button.disabled
+    assert explorer.segment_panel.layout.display == "flex" and "mIoU" in \
+        explorer.segment_status.value
+
+
+# ------------------------------------------------------------ comparable pictures, colours
+def test_shared_scale_by_default_and_own_max_on_request(explorer):
+    from emerdiff_lab.scales import SHARED_VMAX
+
+    assert explorer.scale.value == "shared scale"
+    assert f"{SHARED_VMAX:.3g}" in explorer.colorbar.value
+    largest = float(explorer.current().diff.max())
+    assert f"{largest:.4f}" in explorer.colorbar.value      # the largest change is printed
+    shared = explorer.diff_view.value
+    explorer.scale.value = "own max"
+    assert f"{largest:.3g}" in explorer.colorbar.value
+    assert explorer.diff_view.value != shared
+
+
+def test_lambda_takes_exact_typed_values(explorer):
+    for value in (2, 10, 50):
+        explorer.strength.value = value
+        assert explorer.options()["strength"] == float(value)
+        assert explorer.setting(strength=explorer.options()["strength"]) \
+            .modulation_strength == float(value)
+    explorer.strength_slider.value = 5.0                    # the slider's steps set the box
+    assert explorer.strength.value == 5.0
+
+
+def test_masks_have_swatches_and_classes_a_legend(session):
+    explorer = widgets.Explorer(session, class_names=("background", "square"))
+    assert explorer.mask_swatches.value.count("edl-swatch") == explorer.num_masks
+    explorer.segment()
+    legend = explorer.class_legend.value
+    assert "background" in legend and "square" in legend
+
+
+def test_mask_colours_are_not_class_colours():
+    import numpy as np
+
+    from emerdiff_lab import colours
+
+    classes = np.vstack([colours.CLASS_COLOURS, [colours.NO_CLASS_COLOUR,
+                                                 colours.SELECTION_COLOUR]]).astype(float)
+    for index in range(len(colours.MASK_COLOURS)):
+        distance = np.linalg.norm(classes - np.array(colours.mask_colour(index)), axis=1)
+        assert distance.min() >= colours.MIN_MASK_CLASS_DISTANCE, index
+
+
+def test_toyworld_class_palette_reads_naturally():
+    from emerdiff_lab.colours import CLASS_COLOURS
+    from emerdiff_lab.toyworld.scenes import CLASS_NAMES
+
+    rgb = {name: tuple(int(c) for c in CLASS_COLOURS[i]) for i, name in enumerate(CLASS_NAMES)}
+    r, g, b = rgb["sky"]
+    assert b > g > r                                        # sky blue
+    r, g, b = rgb["water"]
+    assert g > r and b > r                                  # blue-green
+    r, g, b = rgb["grass"]
+    assert g > r and g > b                                  # green
+    r, g, b = rgb["sand"]
+    assert r > b and g > b                                  # yellow
+
+
+def test_eye_note_and_amplified_view():
+    from emerdiff_lab.scales import amplified, eye_note
+
+    assert eye_note(0.002) and "identical" in eye_note(0.002) and eye_note(0.05) == ""
+    plus = torch.zeros(3, 4, 4)
+    minus = plus.clone()
+    minus[0, 0, 0] = 0.002
+    picture, gain = amplified(plus, minus)
+    assert gain == pytest.approx(250) and float(picture[0, 0, 0]) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- thread policy
+def test_thread_policy_leaves_one_core_free_and_can_be_overridden(monkeypatch):
+    from emerdiff_lab import threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert threads.interactive_threads({}) == 1
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    assert threads.interactive_threads({}) == 7
+    assert threads.interactive_threads({"EMERDIFF_THREADS": "3"}) == 3
+    assert threads.interactive_threads({"OMP_NUM_THREADS": "1"}) == 1
+    assert threads.interactive_threads({"EMERDIFF_THREADS": "2", "OMP_NUM_THREADS": "1"}) == 2
+    with pytest.raises(ValueError, match="EMERDIFF_THREADS"):
+        threads.interactive_threads({"EMERDIFF_THREADS": "many"})
+
+
+def test_worker_replaces_the_pending_request_and_drops_stale_results():
+    import threading
+
+    from emerdiff_lab.worker import LatestWorker
+
+    started, gate, drawn = threading.Event(), threading.Event(), []
+    worker = LatestWorker(background=True)
+    worker.submit(lambda: started.set() or (gate.wait(30) and "first"),
+                  lambda r, e: drawn.append(r))
+    assert started.wait(30)
+    worker.submit(lambda: "second", lambda r, e: drawn.append(r))
+    worker.submit(lambda: "third", lambda r, e: drawn.append(r))
+    gate.set()
+    assert worker.wait(30)
+    assert drawn == ["third"] and worker.replaced == 1 and worker.dropped == 1
+    inline = LatestWorker(background=False)
+    inline.submit(lambda: 1, lambda r, e: drawn.append(r))
+    assert drawn[-1] == 1

@@ -164,9 +164,18 @@ class FigureContext:
 
     def save(self, fig, name: str, table=None) -> Path:
         """Writes ``fig`` (and ``table`` as CSV) to the output folder; see
-        :func:`emerdiff_lab.plotting.save_figure` (random-weight figures must say so)."""
+        :func:`emerdiff_lab.plotting.save_figure` (random-weight figures must say so).
+
+        A ``seconds`` column (compute times, e.g. :func:`ablation_table`'s) is written beside
+        the cached data instead, ``out_dir/executed/timings/NAME.csv``: the times change on
+        every run, the figure's CSV (committed) should change only when its numbers do."""
         from ..plotting import save_figure
 
+        if table is not None and "seconds" in table.columns:
+            timings = self.out_dir / "executed" / "timings" / Path(name).with_suffix(".csv").name
+            timings.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(timings, index=False)
+            table = table.drop(columns="seconds")
         path = save_figure(fig, self.out_dir / name, self.model, table=table)
         print(f"wrote {path}" + (f" and {path.with_suffix('.csv').name}" if table is not None
                                  else ""))
@@ -175,7 +184,7 @@ class FigureContext:
 
 def setup(model: str = "toyworld", device: str | None = None, dtype: str = "float32", *,
           image_size: int | None = None, num_masks: int | None = None, quick: bool = False,
-          smoke: bool = False, out_dir: str | Path = "../figures",
+          smoke: bool = False, out_dir: str | Path = "../outputs",
           data_dir: str | Path | None = None, image_paths=(), seed: int = 0) -> FigureContext:
     """Loads the model and resolves the notebook parameters into a :class:`FigureContext`.
 

@@ -93,10 +93,8 @@ class Run:
             rows = list(csv.reader(f))
         kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
         if len(kept) < len(rows):
-            tmp = log_path.with_name(log_path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
+            with atomic_file(log_path, "w", newline="") as f:
                 csv.writer(f).writerows(kept)
-            os.replace(tmp, log_path)
 
     def save(self, weights: dict) -> None:
         """Checkpoint (atomically: never a half-written one) and the loadable weight file."""
