@@ -169,12 +169,14 @@ class FigureContext:
         A ``seconds`` column (compute times, e.g. :func:`ablation_table`'s) is written beside
         the cached data instead, ``out_dir/executed/timings/NAME.csv``: the times change on
         every run, the figure's CSV (committed) should change only when its numbers do."""
+        from ..io import atomic_file
         from ..plotting import save_figure
 
         if table is not None and "seconds" in table.columns:
             timings = self.out_dir / "executed" / "timings" / Path(name).with_suffix(".csv").name
             timings.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(timings, index=False)
+            with atomic_file(timings, "w", newline="") as handle:
+                table.to_csv(handle, index=False)
             table = table.drop(columns="seconds")
         path = save_figure(fig, self.out_dir / name, self.model, table=table)
         print(f"wrote {path}" + (f" and {path.with_suffix('.csv').name}" if table is not None
