@@ -21,6 +21,7 @@ import torch
 from bench_segment import add_workload_options, load, run_optimized, timed
 
 import emerdiff_lab as edl
+from emerdiff_lab.io import write_text
 
 
 def main(argv=None) -> int:
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     record["compiled_median_s"] = statistics.median(times["compiled_s"])
     record["speedup"] = round(record["eager_median_s"] / record["compiled_median_s"], 3)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2))
+    write_text(args.json, json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
     return 0
 

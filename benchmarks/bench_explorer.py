@@ -162,6 +162,7 @@ def _summary(name: str, run: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from emerdiff_lab.io import write_text
     from emerdiff_lab.models import load_model
     from emerdiff_lab.threads import interactive_threads
     from emerdiff_lab.widgets import DEFAULT_SCENE
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({record['threads_setting']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_text(args.json, json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import emerdiff_lab as edl
+from emerdiff_lab.io import write_text
 from emerdiff_lab.models import EmerDiffModel, ddpm_scheduler_from_config, resolve_dtype
 
 DEFAULT_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd-v1-4-configs"
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
         if args.dtype == "float32":
             record["labels_equal_fraction"] = float((labels == naive_labels).float().mean())
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2))
+    write_text(args.json, json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
     return 0
 

@@ -26,6 +26,7 @@ import torch
 
 import emerdiff_lab as edl
 from emerdiff_lab.evaluation.metrics import hungarian_miou
+from emerdiff_lab.io import write_text
 from emerdiff_lab.toyworld import HELDOUT_SEED_START, generate_scene
 
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                   "torch": torch.__version__,
                   "command": " ".join(["half_precision_agreement.py", *(argv or sys.argv[1:])])}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2))
+        write_text(args.json, json.dumps(record, indent=2))
     print(args.json.read_text())
     return 0
 

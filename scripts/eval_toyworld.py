@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emerdiff_lab.io import write_text
 from emerdiff_lab.toyworld.evaluation import (
     METHODS,
     VALIDATION_SEED_START,
@@ -102,9 +103,9 @@ def run_table(args) -> None:
               "results": results, "markdown": table}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1))
+        write_text(args.out, json.dumps(record, indent=1))
     if args.record:
-        RECORDED_PATH.write_text(json.dumps(record, indent=1))
+        write_text(RECORDED_PATH, json.dumps(record, indent=1))
         print(f"recorded in {RECORDED_PATH}")
 
 
@@ -189,7 +190,7 @@ def run_sweep(args) -> None:
               ", ".join(f"{k} {v:.3f}" for k, v in means.items()), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+        write_text(args.out, json.dumps(report, indent=1))
 
 
 def main(argv=None) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emerdiff_lab.io import atomic_file, write_text
 from emerdiff_lab.stats import paired_difference
 from emerdiff_lab.toyworld.evaluation_latent import (
     BASELINES,
@@ -196,7 +197,7 @@ def run_table(args) -> None:
                  for which in (("trained", "random") if args.which == "both" else (args.which,))]
     if len(parts) == 1 and not args.parts:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(parts[0], indent=1))
+        write_text(args.out, json.dumps(parts[0], indent=1))
         print(f"wrote half of the table to {args.out}")
         return
     merged = {k: v for part in parts for k, v in part.items() if k != "results"}
@@ -233,7 +234,7 @@ def run_table(args) -> None:
             record |= {k: old[k] for k in ("blur_validation", "blur_test") if k in old}
     for path in ([args.out] if args.out else []) + ([RECORDED_PATH] if args.record else []):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
+        write_text(path, json.dumps(record, indent=1))
         print(f"wrote {path}")
 
 
@@ -243,7 +244,7 @@ def _record_part(key: str, value: dict, weights: Path) -> None:
     record = json.loads(RECORDED_PATH.read_text())
     if record["weights_sha256"] != sha256(weights):
         raise SystemExit(f"{RECORDED_PATH} is for other weights: run table --record first")
-    RECORDED_PATH.write_text(json.dumps(record | {key: value}, indent=1))
+    write_text(RECORDED_PATH, json.dumps(record | {key: value}, indent=1))
     print(f"added {key} to {RECORDED_PATH}")
 
 
@@ -279,7 +280,7 @@ def run_blur(args) -> None:
                   f"{report[which]['mean']['bf2'][name]:.3f}", flush=True)
         if args.out:  # after each model, so a stopped run keeps the trained model's part
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=1))
+            write_text(args.out, json.dumps(report, indent=1))
         if args.record:
             _record_part("blur_test", report, args.weights)
 
@@ -331,7 +332,7 @@ def run_sweep(args) -> None:
           f"{report['best_by_miou']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+        write_text(args.out, json.dumps(report, indent=1))
     if args.record:
         _record_part("blur_validation", report, args.weights)
 
@@ -362,7 +363,8 @@ def run_figure(args) -> None:
             axes[row, col].axis("off")
         axes[row, 0].set_title(title, loc="left", fontsize=10)
     fig.tight_layout()
-    fig.savefig(ROOT / "figures" / "toyworld_latent_samples.png", dpi=80)
+    with atomic_file(ROOT / "figures" / "toyworld_latent_samples.png") as handle:
+        fig.savefig(handle, format="png", dpi=80)
     plt.close(fig)
 
     fig, axes = plt.subplots(3, 5, figsize=(11, 6.8))
@@ -380,7 +382,8 @@ def run_figure(args) -> None:
             if row == 0:
                 axes[row, col].set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(ROOT / "figures" / "toyworld_latent_segmentation.png", dpi=80)
+    with atomic_file(ROOT / "figures" / "toyworld_latent_segmentation.png") as handle:
+        fig.savefig(handle, format="png", dpi=80)
     plt.close(fig)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emerdiff_lab.io import atomic_file, write_text
 from emerdiff_lab.stats import paired_difference, summarize
 from emerdiff_lab.toyworld.captioned_model import WEIGHTS_PATH, load_toyworld_v2
 from emerdiff_lab.toyworld.evaluation import VALIDATION_SEED_START
@@ -84,7 +85,7 @@ def run_sweep(args) -> None:
         print(f"mIoU {value:.3f}  BF 2 px {means['bf2'][key]:.3f}  t_m, lambda, blur = {key}")
     print(f"chosen ({SETTING_RULE}): {best}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "settings.json").write_text(json.dumps(report, indent=1))
+    write_text(args.out / "settings.json", json.dumps(report, indent=1))
 
 
 def run_scenes(args) -> None:
@@ -102,6 +103,8 @@ def run_scenes(args) -> None:
         pixels, labels, text = scene(seed)
         scores = evaluate_scene(model, pixels, labels, text, cfg,
                                 baselines=args.which == "trained")
+        # Appended, not rewritten (outside the atomic writer): one JSON line per scene, so a
+        # stopped run resumes at the next scene; a kill can cut only the last line.
         with path.open("a") as f:
             f.write(json.dumps({"seed": seed, "caption": text, "scores": scores,
                                 "config": {k: getattr(cfg, k) for k in SETTINGS_KEYS},
@@ -216,10 +219,10 @@ def run_summary(args) -> None:
     report = summary(args.out)
     table = markdown(report)
     print(table)
-    (args.out / "summary.json").write_text(json.dumps(report | {"markdown": table}, indent=1))
+    write_text(args.out / "summary.json", json.dumps(report | {"markdown": table}, indent=1))
     if args.record:
         rows = [json.loads(line) for line in (args.out / "trained.jsonl").open()]
-        RECORDED_PATH.write_text(json.dumps(
+        write_text(RECORDED_PATH, json.dumps(
             {"command": "python scripts/eval_toyworld_v2.py summary --record",
              "weights_sha256": rows[0]["weights_sha256"], "config": rows[0]["config"],
              "control_seed": args.control_seed, "torch_threads": torch.get_num_threads(),
@@ -249,7 +252,7 @@ def run_caption_use(args) -> None:
     for label, text in report["relative_to_empty"].items():
         print(f"{label}: {text}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "caption_use.json").write_text(json.dumps(report, indent=1))
+    write_text(args.out / "caption_use.json", json.dumps(report, indent=1))
 
 
 SAMPLE_CAPTIONS = ("three trees and a house on grass below mountains under the sky",
@@ -284,7 +287,8 @@ def run_figure(args) -> None:
     fig.suptitle(f"ToyWorld v2 (trained weights {sha256(args.weights)[:12]}), 128 px; samples: "
                  f"50-step DDPM, the same seed per column for every prompt", fontsize=9)
     out = ROOT / "figures" / "toyworld_v2_samples.png"
-    fig.savefig(out, dpi=90, bbox_inches="tight")
+    with atomic_file(out) as handle:
+        fig.savefig(handle, format="png", dpi=90, bbox_inches="tight")
     print(f"wrote {out}")
 
 

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from emerdiff_lab.io import atomic_file
 from emerdiff_lab.toyworld import generate_batch, load_toyworld, sample
 from emerdiff_lab.toyworld.model import WEIGHTS_PATH
 
@@ -41,7 +42,8 @@ def samples_figure(model, path: Path, n: int, seed: int) -> None:
     fig.suptitle("ToyWorld: training scenes (top) and samples of the trained model (bottom, "
                  "50-step DDPM)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=150)
     plt.close(fig)
 
 
@@ -71,7 +73,8 @@ def segmentation_figure(model, control, path: Path, n: int) -> None:
             if i == 0:
                 ax.set_title(columns[j], fontsize=5)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=150)
     plt.close(fig)
 
 

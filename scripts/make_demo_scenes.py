@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from emerdiff_lab.io import save_label_png
+from emerdiff_lab.io import atomic_file, save_label_png
 from emerdiff_lab.toyworld import HELDOUT_SEED_START, generate_scene
 
 OUT = Path(__file__).resolve().parents[1] / "emerdiff_lab" / "assets" / "toyworld"
@@ -20,7 +20,8 @@ def main() -> None:
     (OUT / "labels").mkdir(parents=True, exist_ok=True)
     for index in range(4):
         image, labels = generate_scene(HELDOUT_SEED_START + 10_000 + index, size=64)
-        Image.fromarray(image).save(OUT / f"scene_{index}.png")
+        with atomic_file(OUT / f"scene_{index}.png") as handle:
+            Image.fromarray(image).save(handle, format="PNG")
         save_label_png(labels, OUT / "labels" / f"scene_{index}.png")
     print(f"wrote 4 scenes to {OUT}")
 

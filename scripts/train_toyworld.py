@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from emerdiff_lab.io import atomic_file
+from emerdiff_lab.io import atomic_file, atomic_path, write_text
 from emerdiff_lab.toyworld.model import (
     SCHEDULER_CONFIG,
     build_text_encoder,
@@ -104,8 +104,9 @@ def main(argv=None) -> None:
             torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(),
                         "optimizer": optimizer.state_dict(), "step": step,
                         "trained_seconds": trained_seconds, "args": vars(args)}, handle)
-        save_file(state_dict_for_saving(ema, context), args.out / "toyworld.safetensors")
-        (args.out / "run.json").write_text(json.dumps({
+        with atomic_path(args.out / "toyworld.safetensors") as tmp:
+            save_file(state_dict_for_saving(ema, context), str(tmp))
+        write_text(args.out / "run.json", json.dumps({
             "step": step, "batch_size": args.batch_size, "trained_minutes": trained_seconds / 60,
             "lr": args.lr, "ema_decay": args.ema_decay, "seed": args.seed,
             "threads": args.threads, "machine": platform.processor() or platform.machine(),
@@ -114,13 +115,16 @@ def main(argv=None) -> None:
     if args.export_only:
         if args.export is None or not checkpoint.exists():
             raise SystemExit("--export-only needs --export and an existing OUT/checkpoint.pt")
-        save_file(state_dict_for_saving(ema, context), args.export)
+        with atomic_path(args.export) as tmp:
+            save_file(state_dict_for_saving(ema, context), str(tmp))
         print(f"exported EMA weights of step {step} to {args.export} "
               f"({args.export.stat().st_size / 1e6:.2f} MB)")
         return
 
     log_path = args.out / "loss.csv"
     new_log = not log_path.exists()
+    # Appended row by row, outside the atomic writer, so a resumed run continues the log; a
+    # kill can cut only the last row.
     with open(log_path, "a", newline="") as log:
         writer = csv.writer(log)
         if new_log:
@@ -166,7 +170,8 @@ def main(argv=None) -> None:
           f"smoothed loss {smoothed}")
     if args.export is not None:
         args.export.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state_dict_for_saving(ema, context), args.export)
+        with atomic_path(args.export) as tmp:
+            save_file(state_dict_for_saving(ema, context), str(tmp))
         print(f"exported EMA weights to {args.export} "
               f"({args.export.stat().st_size / 1e6:.2f} MB)")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emerdiff_lab.io import atomic_file
+from emerdiff_lab.io import atomic_file, atomic_path, write_text
 from emerdiff_lab.toyworld.latent_model import (
     IMAGE_SIZE,
     SCHEDULER_CONFIG,
@@ -83,7 +83,8 @@ def render_scenes(args) -> None:
     """Writes --num-scenes noise-free training scenes from --first-seed to --data."""
     images, _ = generate_batch(range(args.first_seed, args.first_seed + args.num_scenes),
                                IMAGE_SIZE, clean=True)
-    np.save(args.data / f"scenes_{args.first_seed}.npy", images)
+    with atomic_file(args.data / f"scenes_{args.first_seed}.npy") as handle:
+        np.save(handle, images)
 
 
 @torch.no_grad()
@@ -105,8 +106,9 @@ def cache_latents(args) -> None:
         print(f"{path.name}: {sum(len(z) for z in latents)} latents, "
               f"{time.time() - tick:.0f} s", flush=True)
     latents = torch.cat(latents)
-    torch.save({"latents": latents, "files": [p.name for p in files], "vae": str(args.vae)},
-               args.data / "latents.pt")
+    with atomic_file(args.data / "latents.pt") as handle:
+        torch.save({"latents": latents, "files": [p.name for p in files],
+                    "vae": str(args.vae)}, handle)
     print(f"cached {tuple(latents.shape)}, std {latents.float().std():.3f}, "
           f"mean {latents.float().mean():.3f}", flush=True)
 
@@ -161,14 +163,17 @@ def train(args) -> None:
             torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(),
                         "optimizer": optimizer.state_dict(), "step": step,
                         "trained_seconds": trained_seconds, "args": vars(args)}, handle)
-        save_file(weights(), args.out / "toyworld_latent.safetensors")
-        (args.out / "run.json").write_text(json.dumps(
+        with atomic_path(args.out / "toyworld_latent.safetensors") as tmp:
+            save_file(weights(), str(tmp))
+        write_text(args.out / "run.json", json.dumps(
             {"step": step, "trained_minutes": trained_seconds / 60, "num_latents": len(latents),
              **{k: str(v) for k, v in vars(args).items()}}, indent=1))
 
     budget = args.minutes * 60
     log_path = args.out / "loss.csv"
     new_log = not log_path.exists()
+    # Appended row by row, outside the atomic writer, so a resumed run continues the log; a
+    # kill can cut only the last row.
     with open(log_path, "a", newline="") as log:
         writer = csv.writer(log)
         if new_log:
@@ -210,7 +215,8 @@ def train(args) -> None:
     print(f"stopped at step {step}, {trained_seconds / 60:.1f} min, smoothed loss {smoothed}")
     if args.export is not None:
         args.export.parent.mkdir(parents=True, exist_ok=True)
-        save_file(weights(), args.export)
+        with atomic_path(args.export) as tmp:
+            save_file(weights(), str(tmp))
         print(f"exported to {args.export} ({args.export.stat().st_size / 1e6:.2f} MB)")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emerdiff_lab.io import atomic_path
 from emerdiff_lab.toyworld import training
 from emerdiff_lab.toyworld.captions import NUM_PHRASINGS, caption, scene_content
 from emerdiff_lab.toyworld.scenes256 import generate_scene_objects
@@ -86,6 +87,7 @@ def cache(args) -> None:
             x = torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2)
             latents.append((vae.encode(x.float() / 127.5 - 1).latent_dist.mean * scaling).half())
             counts += [scene_content(labels, objects) for _, labels, objects in scenes]
+        # Not the atomic writer: the ".tmp" name marks this chunk as taken for a --reverse worker.
         torch.save({"seeds": torch.tensor(list(seeds)), "latents": torch.cat(latents),
                     "counts": torch.from_numpy(np.stack(counts)).to(torch.int16)},
                    str(path) + ".tmp")
@@ -164,7 +166,8 @@ def export(args) -> None:
                        {"unet": args.lr, "text_encoder": args.text_lr}, args)
     if args.to is None:
         raise SystemExit("export needs --to <weight file>")
-    save_file(export_tensors(run, vae), args.to)
+    with atomic_path(args.to) as tmp:
+        save_file(export_tensors(run, vae), str(tmp))
     print(f"step {run.step}: wrote {args.to} ({args.to.stat().st_size / 1e6:.2f} MB)")
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emerdiff_lab.io import atomic_file
+from emerdiff_lab.io import atomic_file, atomic_path, write_text
 from emerdiff_lab.toyworld.evaluation import VALIDATION_SEED_START
 from emerdiff_lab.toyworld.latent_model import IMAGE_SIZE, build_vae, state_dict_for_saving
 from emerdiff_lab.toyworld.scenes256 import PIXEL_NOISE, generate_batch
@@ -65,7 +65,8 @@ def scene_pool(path: Path, n: int) -> np.ndarray:
         if len(pool) >= n:
             return pool[:n]
     pool, _ = generate_batch(range(n), IMAGE_SIZE, clean=True)
-    np.save(path, pool)
+    with atomic_file(path) as handle:
+        np.save(handle, pool)
     return pool
 
 
@@ -136,6 +137,8 @@ def main(argv=None) -> None:
     budget = args.minutes * 60
     log_path = args.out / "loss.csv"
     new_log = not log_path.exists()
+    # Appended row by row, outside the atomic writer, so a resumed run continues the log; a
+    # kill can cut only the last row.
     with open(log_path, "a", newline="") as log:
         writer = csv.writer(log)
         if new_log:
@@ -177,9 +180,10 @@ def main(argv=None) -> None:
     save()
     stats = measure(vae, args.val_scenes)
     print(json.dumps(stats), flush=True)
-    save_file(state_dict_for_saving(vae=vae, scaling_factor=stats["scaling_factor"]),
-              args.out / "vae.safetensors")
-    (args.out / "run.json").write_text(json.dumps(
+    with atomic_path(args.out / "vae.safetensors") as tmp:
+        save_file(state_dict_for_saving(vae=vae, scaling_factor=stats["scaling_factor"]),
+                  str(tmp))
+    write_text(args.out / "run.json", json.dumps(
         {"step": step, "trained_minutes": trained_seconds / 60, **vars(args) | {"out": str(
             args.out)}, "validation": stats}, indent=1))
 
