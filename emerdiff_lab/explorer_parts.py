@@ -244,7 +244,9 @@ def draw_segmentation(e, view, options: dict) -> None:
         scores = "no labels for this image: nothing to score (right: the image)"
     else:
         scores = (f"mIoU <b>EmerDiff {view.miou:.3f}</b> vs naive {view.naive_miou:.3f} "
-                  f"({view.miou - view.naive_miou:+.3f})")
+                  f"({view.miou - view.naive_miou:+.3f}); boundary F-score (2 px) "
+                  f"<b>EmerDiff {view.bf2:.3f}</b> vs naive {view.naive_bf2:.3f} "
+                  f"({view.bf2 - view.naive_bf2:+.3f})")
     e.segment_status.value = (
         f"{scores}; lambda={options['strength']:g}, t_m={options['timestep']}, "
         f"{short_layer(options['layer'])}, injection "

@@ -55,6 +55,8 @@ class SegmentationView:
         miou, naive_miou: per-image Hungarian mIoU against the session's labels, or None
             without labels.
         seconds: time the computation took (0 when it came from the cache).
+        bf2, naive_bf2: boundary F-scores (2 px at 128 px, classes matched as for mIoU), or
+            None without labels.
     """
 
     labels: torch.Tensor
@@ -62,6 +64,8 @@ class SegmentationView:
     miou: float | None
     naive_miou: float | None
     seconds: float
+    bf2: float | None = None
+    naive_bf2: float | None = None
 
 
 def explorer_session(model, image, cfg=None, *, labels=None, image_size: int | None = None,
@@ -186,9 +190,19 @@ class Explorer:
         start = time.perf_counter()
         labels = self.session.labels(cfg)
         naive = upsample_bilinear(self.lowres, self.session.image_size)
-        return SegmentationView(labels, naive, self.session.miou(labels),
-                                self.session.miou(naive),
-                                0.0 if cached else time.perf_counter() - start)
+        seconds = 0.0 if cached else time.perf_counter() - start
+        ours, theirs = self._scores(labels), self._scores(naive)
+        return SegmentationView(labels, naive, ours["miou"], theirs["miou"], seconds,
+                                ours["bf2"], theirs["bf2"])
+
+    def _scores(self, labels: torch.Tensor) -> dict:
+        """mIoU and boundary F-score (2 px) of (S, S) ``labels`` under one Hungarian matching
+        against the session's labels; None for each without labels."""
+        from .evaluation.metrics import segmentation_scores
+
+        if self.session.truth is None:
+            return {"miou": None, "bf2": None}
+        return segmentation_scores(labels, self.session.truth)
 
     # -- state (read on the main thread without asking the session, which may be busy)
     def region(self) -> torch.Tensor:

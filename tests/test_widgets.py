@@ -9,7 +9,7 @@ import torch
 
 import emerdiff_lab as edl
 from emerdiff_lab import widgets
-from emerdiff_lab.evaluation.metrics import hungarian_miou
+from emerdiff_lab.evaluation.metrics import hungarian_miou, segmentation_scores
 from tolerances import assert_decoded_close
 
 pytest.importorskip("ipywidgets")
@@ -172,6 +172,8 @@ def test_segmentation_is_the_assembled_maps_and_is_scored(explorer, session, tin
     assert torch.equal(view.naive, edl.upsample_bilinear(explorer.lowres, 128))
     assert view.miou == hungarian_miou(view.labels, session.truth).miou
     assert 0 <= view.naive_miou <= 1 and view.seconds > 0
+    scores = segmentation_scores(view.labels, session.truth)
+    assert view.bf2 == scores["bf2"] and 0 <= view.naive_bf2 <= 1
 
 
 def test_segmentation_is_cached_per_setting(explorer, monkeypatch):
@@ -191,6 +193,7 @@ def test_segment_button_shows_the_panel_and_marks_it_stale(explorer, session):
     assert explorer.emerdiff_view.value and explorer.naive_view.value and \
         explorer.truth_view.value
     assert "mIoU" in explorer.segment_status.value
+    assert "boundary F-score" in explorer.segment_status.value
     shown = explorer.emerdiff_view.value
     explorer.strength.value = 50.0
     assert "out of date" in explorer.segment_status.value
