@@ -84,6 +84,17 @@ class Architecture:
         """The :class:`EmerDiffModel` fields this architecture takes from a diffusers pipeline."""
         raise NotImplementedError
 
+    def required_parts(self, pipe, fields: dict[str, str]) -> dict:
+        """``{model field: pipe.<part>}`` for ``fields`` (pipeline part -> model field), with a
+        clear error naming the first part the pipeline lacks."""
+        parts = {}
+        for part, field_name in fields.items():
+            if getattr(pipe, part, None) is None:
+                raise ValueError(f"from_pipeline expects a diffusers {self.pipeline_class} with a "
+                                 f"{part!r} component; got {type(pipe).__name__} without it")
+            parts[field_name] = getattr(pipe, part)
+        return parts
+
     # -- schedule and times
     def scheduler(self, scheduler_config) -> object:
         """The scheduler object EmerDiff keeps (only its config and tables are read)."""

@@ -80,16 +80,11 @@ class Flux(Architecture):
     def components(self, pipe) -> dict:
         """``transformer`` goes into the model's ``unet`` field; CLIP is ``text_encoder``, T5
         ``text_encoder_2`` (the pipeline's names)."""
-        parts = {}
-        for part, field_name in (("transformer", "unet"), ("vae", "vae"),
-                                 ("text_encoder", "text_encoder"), ("tokenizer", "tokenizer"),
-                                 ("text_encoder_2", "text_encoder_2"),
-                                 ("tokenizer_2", "tokenizer_2")):
-            if getattr(pipe, part, None) is None:
-                raise ValueError(f"from_pipeline expects a diffusers {self.pipeline_class} with a "
-                                 f"{part!r} component; got {type(pipe).__name__} without it")
-            parts[field_name] = getattr(pipe, part)
-        return parts
+        return self.required_parts(pipe, {"transformer": "unet", "vae": "vae",
+                                          "text_encoder": "text_encoder",
+                                          "tokenizer": "tokenizer",
+                                          "text_encoder_2": "text_encoder_2",
+                                          "tokenizer_2": "tokenizer_2"})
 
     def native_image_size(self, model: EmerDiffModel) -> int:
         return self.image_size

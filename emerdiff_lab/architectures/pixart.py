@@ -75,14 +75,9 @@ class PixArt(StableDiffusion):
     def components(self, pipe) -> dict:
         """``transformer`` goes into the model's ``unet`` field; ``text_encoder`` and
         ``tokenizer`` (optional in Σ's pipeline) are needed for prompts."""
-        parts = {}
-        for part, field_name in (("transformer", "unet"), ("vae", "vae"),
-                                 ("text_encoder", "text_encoder"), ("tokenizer", "tokenizer")):
-            if getattr(pipe, part, None) is None:
-                raise ValueError(f"from_pipeline expects a diffusers {self.pipeline_class} with a "
-                                 f"{part!r} component; got {type(pipe).__name__} without it")
-            parts[field_name] = getattr(pipe, part)
-        return parts
+        return self.required_parts(pipe, {"transformer": "unet", "vae": "vae",
+                                          "text_encoder": "text_encoder",
+                                          "tokenizer": "tokenizer"})
 
     def default_config(self, scheduler, base: EmerDiffConfig | None = None) -> EmerDiffConfig:
         """The paper's values with t_f and t_m mapped by alpha-bar onto the model's linear

@@ -32,13 +32,8 @@ class StableDiffusion(Architecture):
 
     def components(self, pipe) -> dict:
         """The :class:`EmerDiffModel` fields this architecture takes from a diffusers pipeline."""
-        parts = {}
-        for part in ("unet", "vae", "text_encoder", "tokenizer"):
-            if getattr(pipe, part, None) is None:
-                raise ValueError(f"from_pipeline expects a diffusers {self.pipeline_class} with a "
-                                 f"{part!r} component; got {type(pipe).__name__}")
-            parts[part] = getattr(pipe, part)
-        return parts
+        return self.required_parts(pipe, {p: p for p in ("unet", "vae", "text_encoder",
+                                                          "tokenizer")})
 
     def scheduler(self, scheduler_config) -> object:
         """The DDPM scheduler (a ``DDIMScheduler`` stepped with eta = 1) EmerDiff runs this

@@ -61,15 +61,11 @@ class StableDiffusion3(Architecture):
     def components(self, pipe) -> dict:
         """``transformer`` goes into the model's ``unet`` field; both CLIPs and their
         tokenizers are needed, T5 (``text_encoder_3``) is optional."""
-        parts = {}
-        for part, field_name in (("transformer", "unet"), ("vae", "vae"),
-                                 ("text_encoder", "text_encoder"), ("tokenizer", "tokenizer"),
-                                 ("text_encoder_2", "text_encoder_2"),
-                                 ("tokenizer_2", "tokenizer_2")):
-            if getattr(pipe, part, None) is None:
-                raise ValueError(f"from_pipeline expects a diffusers {self.pipeline_class} with a "
-                                 f"{part!r} component; got {type(pipe).__name__} without it")
-            parts[field_name] = getattr(pipe, part)
+        parts = self.required_parts(pipe, {"transformer": "unet", "vae": "vae",
+                                           "text_encoder": "text_encoder",
+                                           "tokenizer": "tokenizer",
+                                           "text_encoder_2": "text_encoder_2",
+                                           "tokenizer_2": "tokenizer_2"})
         parts["text_encoder_3"] = getattr(pipe, "text_encoder_3", None)
         parts["tokenizer_3"] = getattr(pipe, "tokenizer_3", None)
         return parts
