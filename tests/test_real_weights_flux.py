@@ -22,9 +22,8 @@ import pytest
 import torch
 
 import emerdiff_lab as edl
-from emerdiff_lab.inversion import modulation_timestep
 from tolerances import assert_close
-from voc_check import emerdiff_and_bilinear_miou
+from voc_check import emerdiff_and_bilinear_miou, joint_offset_scale
 
 MODEL = os.environ.get("EMERDIFF_REAL_FLUX")
 pytestmark = [pytest.mark.real_weights,
@@ -70,26 +69,8 @@ def test_flow_replay_is_exact_on_real_flux(flux, size):
 
 
 def test_activation_scale_at_the_modulation_layer(flux, size):
-    """Prints what the offset is added to and the gate that scales it; lambda = 10 was chosen
-    for SD 1.x's cross-attention, not for this."""
-    cfg = flux.default_config
-    image = edl.load_image(edl.sample_images()["chelsea"], size=size)
-    inv = edl.invert(flux, image, cfg, progress=False)
-    _, layer = edl.features.layer_names(flux, cfg, size)
-    block = flux.unet.get_submodule(layer.rsplit(".", 1)[0])
-    seen = {}
-    hooks = [flux.unet.get_submodule(layer).register_forward_hook(
-                 lambda m, a, out: seen.update(attention=out[0])),
-             block.norm1.register_forward_hook(lambda m, a, out: seen.update(gate=out[1]))]
-    start = inv.index_of(modulation_timestep(flux, inv, cfg))
-    try:
-        edl.inversion.unet_predict(flux, inv.latents[start:start + 1],
-                                   inv.timesteps[start:start + 1], inv.condition)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    rms = float(seen["attention"].float().pow(2).mean().sqrt())
-    gate = float(seen["gate"].float().abs().mean())
+    """Prints what the offset is added to and the gate that scales it (docs: the AdaLN gate)."""
+    layer, rms, gate = joint_offset_scale(flux, size)
     print(f"{layer}: attention output rms {rms:.4g}, mean |gate_msa| {gate:.4g}")
     assert np.isfinite(rms) and rms > 0 and gate > 0
 

@@ -23,9 +23,8 @@ import pytest
 import torch
 
 import emerdiff_lab as edl
-from emerdiff_lab.inversion import modulation_timestep
 from tolerances import assert_close
-from voc_check import emerdiff_and_bilinear_miou
+from voc_check import emerdiff_and_bilinear_miou, joint_offset_scale
 
 MODEL = os.environ.get("EMERDIFF_REAL_SD3")
 pytestmark = [pytest.mark.real_weights,
@@ -68,26 +67,8 @@ def test_flow_replay_is_exact_on_real_sd3(sd3, size):
 
 
 def test_activation_scale_at_the_modulation_layer(sd3, size):
-    """Prints what the offset is added to and the gate that scales it (docs: the AdaLN gate);
-    lambda = 10 was chosen for SD 1.x's cross-attention, not for this."""
-    cfg = sd3.default_config
-    image = edl.load_image(edl.sample_images()["chelsea"], size=size)
-    inv = edl.invert(sd3, image, cfg, progress=False)
-    _, layer = edl.features.layer_names(sd3, cfg, size)
-    block = sd3.unet.get_submodule(layer.rsplit(".", 1)[0])
-    seen = {}
-    hooks = [sd3.unet.get_submodule(layer).register_forward_hook(
-                 lambda m, a, out: seen.update(attention=out[0])),
-             block.norm1.register_forward_hook(lambda m, a, out: seen.update(gate=out[1]))]
-    start = inv.index_of(modulation_timestep(sd3, inv, cfg))
-    try:
-        edl.inversion.unet_predict(sd3, inv.latents[start:start + 1],
-                                   inv.timesteps[start:start + 1], inv.condition)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    rms = float(seen["attention"].float().pow(2).mean().sqrt())
-    gate = float(seen["gate"].float().abs().mean())
+    """Prints what the offset is added to and the gate that scales it (docs: the AdaLN gate)."""
+    layer, rms, gate = joint_offset_scale(sd3, size)
     print(f"{layer}: attention output rms {rms:.4g}, mean |gate_msa| {gate:.4g}")
     assert np.isfinite(rms) and rms > 0 and gate > 0
 
