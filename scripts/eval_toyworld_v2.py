@@ -2,12 +2,12 @@
 """Held-out evaluation of ToyWorld v2 (issue 22's aims table) and its settings search.
 
     # settings (t_m, lambda, blur) chosen on validation scenes, never the test scenes
-    python scripts/eval_toyworld_v2.py sweep --n 8 --blurs 1 2 4 8 --out /work/runs/toyworld_v2/eval
+    python scripts/eval_toyworld_v2.py sweep --n 8 --blurs 1 2 4 8 --out runs/toyworld_v2/eval
     # per-scene scores of the trained model and the random control (resumable JSON lines)
     python scripts/eval_toyworld_v2.py scenes --which trained --n 48   # --out: default below
     python scripts/eval_toyworld_v2.py scenes --which random --n 48
     # the aims table; --record writes emerdiff_lab/toyworld/recorded_eval_v2.json (CI re-checks it)
-    python scripts/eval_toyworld_v2.py summary --out /work/runs/toyworld_v2/eval --record
+    python scripts/eval_toyworld_v2.py summary --out runs/toyworld_v2/eval --record
     # figures/toyworld_v2_samples.png (unconditional and captioned samples)
     python scripts/eval_toyworld_v2.py figure
     # does the UNet use its caption? (epsilon MSE: own caption, empty prompt, another's)
@@ -303,7 +303,7 @@ def main(argv=None) -> None:
     p.add_argument("--strengths", type=float, nargs="+", default=[30.0, 100.0])
     p.add_argument("--blurs", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=Path("/work/runs/toyworld_v2/eval"))
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "toyworld_v2" / "eval")
     p.add_argument("--record", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ on captioned scenes; ToyWorld-latent's VAE stays frozen.
     OMP_NUM_THREADS=1 nice -n 10 python scripts/train_toyworld_v2.py cache --num-scenes 16384
     # 2. train (epsilon MSE, SD 1.x schedule, caption dropout, EMA); the same command resumes
     OMP_NUM_THREADS=1 nohup nice -n 10 python scripts/train_toyworld_v2.py train --minutes 60 \
-        > /work/runs/toyworld_v2/train.log 2>&1 &
+        > runs/toyworld_v2/train.log 2>&1 &
     # 3. the fp16 weight file of the last checkpoint (EMA UNet and text encoder, VAE)
     python scripts/train_toyworld_v2.py export --to emerdiff_lab/weights/toyworld_v2.safetensors
 
@@ -31,7 +31,8 @@ from emerdiff_lab.toyworld import training
 from emerdiff_lab.toyworld.captions import NUM_PHRASINGS, caption, scene_content
 from emerdiff_lab.toyworld.scenes256 import generate_scene_objects
 
-DEFAULT_OUT = Path("/work/runs/toyworld_v2")
+# The run folder, git-ignored (runs/), as for the other ToyWorld training scripts.
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "runs" / "toyworld_v2"
 CHUNK = 512
 RELOAD_STEPS = 50   # steps between looks for newly cached chunks
 
