@@ -40,7 +40,8 @@ RELOAD_STEPS = 50   # steps between looks for newly cached chunks
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("stage", choices=("cache", "train", "export"))
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder (default: runs/toyworld_v2, git-ignored)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="run folder (default: runs/toyworld_v2, git-ignored)")
     p.add_argument("--num-scenes", type=int, default=16384, help="cache: training seeds 0..N-1")
     p.add_argument("--reverse", action="store_true",
                    help="cache: take the chunks from the last one (a second worker)")
